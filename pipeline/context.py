@@ -1,0 +1,93 @@
+"""What the runner hands a stage: its config, its upstream artifacts, where to write, and who it is in the job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifacts import Artifact
+from .recipe import Recipe
+from .schema import StageConfig
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class PolicySource:
+    """Where a stage's starting policy comes from: the recipe's base model or an upstream policy artifact."""
+
+    path: str
+    """Folder (or hub id) of the base model, or the upstream artifact folder."""
+    is_artifact: bool
+    dtype: str
+    trust_remote_code: bool
+    revision: str | None = None
+
+    def load(self):
+        """The policy as a plain causal LM (adapters of upstream stages merged in)."""
+        from .artifacts import load_policy
+        from .models import load_causal_lm
+
+        if self.is_artifact:
+            return load_policy(Path(self.path), self.dtype, self.trust_remote_code)
+        return load_causal_lm(self.path, self.dtype, self.trust_remote_code, self.revision)
+
+    def tokenizer(self):
+        from .models import load_tokenizer
+
+        return load_tokenizer(self.path, self.trust_remote_code, None if self.is_artifact else self.revision)
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use. A stage reads upstream artifacts only through this, never another stage's code."""
+
+    name: str
+    config: StageConfig
+    recipe: Recipe
+    out_dir: Path
+    """Write the artifact here (a temporary folder the runner renames when the stage returns). Main process only."""
+    work_dir: Path
+    """Persistent scratch for this stage and fingerprint: trainer checkpoints live here so a killed run resumes."""
+    upstream: dict[str, Artifact]
+    fingerprint: str
+    base_model_path: str
+    """The resolved folder (or hub id) of the recipe's base model."""
+    process_index: int = 0
+    num_processes: int = 1
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    def upstream_of(self, produces: str) -> Artifact | None:
+        """The upstream artifact of a type (validation guarantees at most one)."""
+        for artifact in self.upstream.values():
+            if artifact.produces == produces:
+                return artifact
+        return None
+
+    def policy_source(self) -> PolicySource:
+        """The upstream policy artifact if one is named, else the recipe's base model."""
+        model = self.recipe.model
+        upstream = self.upstream_of("policy")
+        if upstream is not None:
+            return PolicySource(str(upstream.path), True, model.dtype, model.trust_remote_code)
+        return PolicySource(self.base_model_path, False, model.dtype, model.trust_remote_code, model.revision)
+
+    def resume_checkpoint(self) -> str | None:
+        """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not self.work_dir.is_dir():
+            return None
+        last = get_last_checkpoint(str(self.work_dir))
+        if last and self.is_main:
+            log.info("[%s] resuming from %s", self.name, last)
+        return last

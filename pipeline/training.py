@@ -1,0 +1,105 @@
+"""What every trainer-based stage shares: device-aware TrainingArguments, LoRA configs, user callbacks."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from .errors import PipelineError
+from .schema import LoraSettings, TrainSettings
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def world_size() -> int:
+    """Processes in this job, from the launcher's environment (1 when not launched by accelerate/torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def distributed_state():
+    """accelerate's process state, created the way transformers' Trainer would create it for these settings.
+
+    The state is a process-wide singleton: whoever creates it first fixes the backend, so the runner creates it
+    here, before any trainer, with gloo on CPU (the only backend that works there).
+    """
+    from accelerate import PartialState
+
+    cpu = not on_gpu()
+    return PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
+
+
+def precision_flags(precision: str) -> dict:
+    """bf16/fp16 flags for TrainingArguments. TRL defaults to bf16=True, which fails on CPU, so always say."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if on_gpu() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bool) -> dict:
+    """Keyword arguments common to every TRL config (SFTConfig, RewardConfig, DPOConfig, ...)."""
+    cpu = not on_gpu()
+    kwargs = dict(
+        output_dir=str(work_dir),
+        max_steps=train.max_steps,
+        num_train_epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is read as a ratio of the total steps
+        weight_decay=train.weight_decay,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        # Checkpointing costs compute and only pays off when GPU memory is short; on CPU it is pure slowdown.
+        gradient_checkpointing=train.gradient_checkpointing if train.gradient_checkpointing is not None else not cpu,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=1,
+        eval_strategy=("steps" if train.eval_steps else "no") if has_eval else "no",
+        eval_steps=train.eval_steps,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        # Without use_cpu, several CPU processes would run independent trainings instead of one gloo DDP run.
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and world_size() > 1 else None,
+        dataloader_num_workers=0,
+        **precision_flags(train.precision),
+    )
+    return kwargs
+
+
+def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+
+
+def load_callbacks(names: list[str]) -> list:
+    """Instantiate user TrainerCallback classes named "module:ClassName"."""
+    callbacks = []
+    for name in names:
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PipelineError(f"train.callbacks: cannot import '{name}': {exc}") from None
+        callbacks.append(cls())
+    return callbacks

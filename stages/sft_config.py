@@ -1,0 +1,40 @@
+"""Config of the `sft` stage: supervised fine-tuning on chat or prompt/completion data, with LoRA or in full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.data import DataSettings
+from pipeline.schema import LoraSettings, StageConfig, TrainSettings
+
+
+class SFTStageConfig(StageConfig):
+    """Instruction tuning with TRL's SFTTrainer. Starts from the base model or an upstream policy."""
+
+    kind: Literal["sft"] = "sft"
+    data: DataSettings
+    """Training data: rows of `messages` (chat) or `prompt` + `completion`."""
+    lora: LoraSettings | None = LoraSettings()
+    """LoRA adapter settings; null trains every weight (full fine-tuning)."""
+    train: TrainSettings = TrainSettings()
+    """Optimisation settings."""
+    max_length: int = Field(512, ge=8)
+    """Token length at which examples are truncated."""
+    packing: bool = False
+    """Pack several examples into each max_length sequence (faster on short data; loss stays per example)."""
+    loss_on: Literal["completion", "all"] = "completion"
+    """completion: loss on assistant turns / the completion only; all: on every token."""
+    merge: bool = False
+    """Also write merged full weights under merged/ (needed by tools that cannot apply an adapter)."""
+
+    produces: ClassVar[str] = "policy"
+    accepts: ClassVar[dict[str, bool]] = {"policy": True}
+
+    def input_files(self) -> list[Path]:
+        return self.data.files()
+
+
+CONFIG = SFTStageConfig
