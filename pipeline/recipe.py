@@ -269,8 +269,27 @@ def downstream_of(recipe: Recipe, name: str) -> set[str]:
 # Pydantic errors -> problems with YAML paths
 
 
+# Names users bring from peft, TRL and transformers, mapped to ours.
+KNOWN_ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lr": "learning_rate",
+    "max_seq_length": "max_length",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "lr_scheduler_type": "lr_scheduler",
+    "model_name_or_path": "source",
+    "dataset": "data",
+}
+
+
 def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    if KNOWN_ALIASES.get(word) in choices:
+        return f" (did you mean '{KNOWN_ALIASES[word]}'?)"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

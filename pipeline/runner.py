@@ -201,10 +201,12 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         process_index=state.process_index,
         num_processes=state.num_processes,
     )
+    clock = time.perf_counter()
+    module = stage_module(config.kind)  # imports trl & co: timed apart from the stage's own work
+    import_time = time.perf_counter() - clock
     set_seed(recipe.seed)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    module = stage_module(config.kind)
     output = module.run(ctx) or {}
     wall = time.perf_counter() - clock
     metrics = {**ctx.metrics, **output.get("metrics", {})}
@@ -222,6 +224,7 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
             "seed": recipe.seed,
             "world_size": state.num_processes,
             "wall_time_s": round(wall, 3),
+            "import_time_s": round(import_time, 3),
             "started_at": started.isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "host": host(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from trl import SFTConfig, SFTTrainer
+
 from pipeline.artifacts import save_policy, write_log_history
 from pipeline.context import StageContext
 from pipeline.data import load_chat_splits
@@ -16,8 +18,6 @@ log = logging.getLogger("pipeline")
 
 
 def run(ctx: StageContext) -> dict:
-    from trl import SFTConfig, SFTTrainer
-
     config: SFTStageConfig = ctx.config
     train_data, eval_data, fmt = load_chat_splits(config.data, ctx.seed)
     source = ctx.policy_source()
@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> dict:
         "train_loss": result.training_loss,
         "global_step": result.global_step,
         "train_rows": len(train_data),
-        **{k: v for k, v in result.metrics.items() if k.startswith("train_")},
+        **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"},
     }
     if eval_data is not None:
         metrics.update(trainer.evaluate())

@@ -1,0 +1,29 @@
+# make run   set up (first time) and run the main recipe
+# make test  set up (first time) and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= recipes/tiny.yaml
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	# constraints.txt pins the CPU build of torch so that nothing pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m pipeline run $(RECIPE)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/sft_overhead.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,30 @@
+"""The same recipe under accelerate launch with 2 CPU processes is one gloo data-parallel training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli, sft_stage, write_jsonl, CHAT_ROWS
+
+ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+              str(ROOT / "launch" / "cpu_2proc.yaml"), "--main_process_port", "29533", "-m"]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_model(make_recipe, tmp_path, monkeypatch):
+    assert shutil.which(ACCELERATE[0]), "accelerate is installed with the project"
+    data = write_jsonl(tmp_path / "chat8.jsonl", CHAT_ROWS * 2)  # 8 rows
+    path = make_recipe({"sft": sft_stage(data, steps=4, train={"batch_size": 2, "save_steps": 100})})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_cli("run", str(path), launcher=ACCELERATE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "sft" / "metrics.json").read_text())
+    assert manifest["world_size"] == 2
+    # 4 steps x 2 rows x 2 processes = 16 rows = 2 epochs of 8 rows: only true if the ranks shared the data.
+    assert metrics["epoch"] == pytest.approx(2.0)

@@ -1,0 +1,155 @@
+"""Recipe validation: every problem at once, each with its YAML path; exit 2 and nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli, sft_stage
+from pipeline import recipe as recipe_module
+from pipeline.errors import RecipeError
+from pipeline.recipe import downstream_of, load_recipe, topological_order
+from pipeline.schema import StageConfig
+
+
+def problems_of(path, overrides=()) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, list(overrides))
+    return [str(p) for p in info.value.problems]
+
+
+def test_tiny_recipe_is_valid():
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    assert recipe.out_dir.as_posix() == "runs/tiny"
+    assert "sft" in recipe.stages
+
+
+def test_unknown_key_suggests_the_right_one(make_recipe, chat_data):
+    stage = sft_stage(chat_data)
+    stage["lora"]["rank"] = 8
+    stage["trian"] = {}
+    problems = problems_of(make_recipe({"sft": stage}))
+    assert "stages.sft.lora.rank: unknown key 'rank' (did you mean 'r'?)" in problems
+    assert "stages.sft.trian: unknown key 'trian' (did you mean 'train'?)" in problems
+
+
+def test_top_level_unknown_key_and_missing_model(make_recipe, chat_data, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "sed": 3, "stages": {"sft": sft_stage(chat_data)}}))
+    problems = problems_of(path)
+    assert "sed: unknown key 'sed' (did you mean 'seed'?)" in problems
+    assert "model: missing (required)" in problems
+
+
+def test_wrong_types_and_ranges(make_recipe, chat_data):
+    stage = sft_stage(chat_data, lora={"r": 0}, train={"learning_rate": "fast"})
+    problems = problems_of(make_recipe({"sft": stage}))
+    assert any(p.startswith("stages.sft.lora.r: Input should be greater than or equal to 1") for p in problems)
+    assert any(p.startswith("stages.sft.train.learning_rate: Input should be a valid number") for p in problems)
+
+
+def test_missing_data_file(make_recipe, tmp_path):
+    problems = problems_of(make_recipe({"sft": sft_stage(tmp_path / "nope.jsonl")}))
+    assert len(problems) == 1 and problems[0].startswith("stages.sft.data.path: file not found")
+
+
+def test_unknown_kind_and_unknown_model(make_recipe, chat_data):
+    stage = {**sft_stage(chat_data), "kind": "stf"}
+    problems = problems_of(make_recipe({"sft": stage}, model="builtin:huge-llama"))
+    assert "stages.sft.kind: unknown stage kind 'stf' (did you mean 'sft'?)" in problems
+    assert any(p.startswith("model.source: unknown builtin model 'huge-llama'") for p in problems)
+
+
+def test_missing_reference_and_cycle(make_recipe, chat_data):
+    stages = {
+        "sft": sft_stage(chat_data),
+        "a": {**sft_stage(chat_data), "from": "sfft"},
+        "b": {**sft_stage(chat_data), "from": "c"},
+        "c": {**sft_stage(chat_data), "from": "b"},
+    }
+    problems = problems_of(make_recipe(stages))
+    assert "stages.a.from: no stage named 'sfft' (did you mean 'sft'?)" in problems
+    assert any(p.startswith("stages: cycle: b -> c -> b") or p.startswith("stages: cycle: c -> b -> c")
+               for p in problems)
+
+
+def test_kind_that_cannot_take_its_upstream(monkeypatch, make_recipe, chat_data):
+    class ToyPreferences(StageConfig):
+        kind: str = "toyprefs"
+        produces = "preferences"
+        accepts = {"policy": True}
+
+    kinds = {**recipe_module.config_classes(), "toyprefs": ToyPreferences}
+    monkeypatch.setattr(recipe_module, "config_classes", lambda: kinds)
+    stages = {"prefs": {"kind": "toyprefs"}, "sft": {**sft_stage(chat_data), "from": "prefs"}}
+    problems = problems_of(make_recipe(stages))
+    assert problems == [
+        "stages.sft.from: a sft stage cannot take 'prefs' (toyprefs, a preferences); it takes: policy"
+    ]
+
+
+def test_two_policies_upstream_is_refused(make_recipe, chat_data):
+    stages = {"a": sft_stage(chat_data), "b": sft_stage(chat_data), "c": {**sft_stage(chat_data), "from": ["a", "b"]}}
+    assert problems_of(make_recipe(stages)) == ["stages.c.from: takes one policy, got a, b"]
+
+
+def test_all_problems_reported_together(make_recipe, chat_data, tmp_path):
+    stage = sft_stage(tmp_path / "missing.jsonl", lora={"alpha": -1}, max_length=2)
+    stage["packing"] = "sometimes"
+    stages = {"sft": stage, "x": {**sft_stage(chat_data), "from": "y"}}
+    problems = problems_of(make_recipe(stages, seed="abc"))
+    wheres = {p.split(":")[0] for p in problems}
+    assert {"seed", "stages.sft.data.path", "stages.sft.lora.alpha", "stages.sft.max_length", "stages.sft.packing",
+            "stages.x.from"} <= wheres
+
+
+def test_overrides(make_recipe, chat_data):
+    path = make_recipe({"sft": sft_stage(chat_data)})
+    recipe = load_recipe(path, ["stages.sft.lora.r=2", "seed=11", "stages.sft.train.precision=fp32"])
+    assert recipe.stages["sft"].lora.r == 2 and recipe.seed == 11
+    assert problems_of(path, ["stages.sft.lora=3"])[0].startswith("stages.sft.lora: Input should be")
+    assert problems_of(path, ["stages.sft.lora.r.deep=1"]) == ["--set stages.sft.lora.r.deep=1: 'stages.sft.lora.r' is not a mapping"]
+    assert problems_of(path, ["justakey"]) == ["--set justakey: expected KEY.PATH=VALUE"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nstages:\n  sft: {kind: sft\n")
+    problems = problems_of(path)
+    assert len(problems) == 1 and "line" in problems[0] and "not valid YAML" in problems[0]
+
+
+def test_order_branches_and_downstream(make_recipe, chat_data):
+    stages = {
+        "dpo_like": {**sft_stage(chat_data), "from": "sft"},
+        "sft": sft_stage(chat_data),
+        "ppo_like": {**sft_stage(chat_data), "from": "sft"},
+        "after": {**sft_stage(chat_data), "from": "ppo_like"},
+    }
+    recipe = load_recipe(make_recipe(stages))
+    order = topological_order(recipe)
+    assert order[0] == "sft"
+    assert order.index("after") > order.index("ppo_like")
+    assert sorted(order) == sorted(stages)
+    assert downstream_of(recipe, "ppo_like") == {"ppo_like", "after"}
+    assert downstream_of(recipe, "sft") == set(stages)
+
+
+def test_cli_validate_exits_2_without_traceback_and_writes_nothing(make_recipe, chat_data, tmp_path):
+    stage = sft_stage(chat_data)
+    stage["lora"]["rr"] = 1
+    path = make_recipe({"sft": stage})
+    for command in ("validate", "run", "plan"):
+        result = run_cli(command, str(path))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "stages.sft.lora.rr: unknown key 'rr' (did you mean 'r'?)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_help_explains_each_command():
+    for command in ("run", "validate", "plan"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0
+        assert "--set" in result.stdout
+    assert "--force" in run_cli("run", "--help").stdout
