@@ -6,7 +6,6 @@ Bad rows are errors naming the file, row and field; no row is ever dropped witho
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .errors import DataError
+from .hashing import sha256_file  # noqa: F401  (re-exported for callers of pipeline.data)
 from .schema import ExistingPath, Strict
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -135,14 +135,6 @@ def _prompt_completion_problem(row: dict) -> tuple[str, str] | None:
         else:
             return field, "must be a string or a list of messages"
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_chat_splits(settings: DataSettings, seed: int):

@@ -112,3 +112,10 @@ def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = Fal
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@builtin("smollm2-135m-instruct")
+def _smollm2_135m_instruct() -> Path:
+    from .smollm2 import smollm2_path
+
+    return smollm2_path()

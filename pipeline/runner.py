@@ -19,7 +19,7 @@ from pathlib import Path
 from .artifacts import MANIFEST, METRICS, Artifact, git_commit, host, package_versions
 from .atomic import replace_dir, write_json
 from .context import StageContext
-from .data import sha256_file
+from .hashing import sha256_file
 from .errors import PipelineError
 from .kinds import stage_module
 from .models import fingerprint_folder, resolve

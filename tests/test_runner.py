@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, run_cli, sft_stage
 from pipeline.artifacts import Artifact
 from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
 from pipeline.recipe import load_recipe
 from pipeline.runner import make_plan, run_plan
 
@@ -38,7 +39,7 @@ def test_artifact_layout_and_manifest(make_recipe, chat_data, tmp_path):
                 "wall_time_s", "host", "lineage"):
         assert key in manifest, key
     assert manifest["world_size"] == 1 and manifest["seed"] == 7
-    assert manifest["inputs"]["data"][str(chat_data)] == __import__("pipeline.data").data.sha256_file(chat_data)
+    assert manifest["inputs"]["data"][str(chat_data)] == sha256_file(chat_data)
     assert manifest["model"]["format"] == "adapter"
     assert not list((tmp_path / "out").glob(".tmp-*")), "no temporary folder is left behind"
 
