@@ -6,6 +6,7 @@ Run under ``accelerate launch -m pipeline run RECIPE`` for several processes or 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -90,6 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
                                            "trainable parameters and a rough memory estimate per stage.")
     _recipe_args(plan)
     _selection_args(plan)
+
+    evaluate = commands.add_parser(
+        "eval", help="gold-evaluate a policy artifact or a model on held-out prompts",
+        description="Sample completions for the prompts of a data card, score them with a judge and measure KL to "
+                    "a reference. Writes eval.json and eval_samples.jsonl into --out.")
+    evaluate.add_argument("target", help="a policy stage folder, a model folder, a .gguf file or builtin:NAME")
+    evaluate.add_argument("--prompts", required=True, help="data card of the evaluation prompts (prompt-only)")
+    evaluate.add_argument("--reference", help="KL reference (same forms as target); default: for a stage folder, "
+                                              "the policy it started from; for a model, itself (KL 0)")
+    evaluate.add_argument("--judge", default="vader", help='"vader" or "module:function" (default: vader)')
+    evaluate.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--seed", type=int, default=1234)
+    evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    evaluate.add_argument("--out", help="folder for eval.json (default: the target folder if it is a stage, "
+                                        "else ./eval-<name>)")
+
+    data = commands.add_parser("data", help="check or inspect a data card",
+                               description="Work with data cards (data_cards/*.yaml).")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_validate = data_commands.add_parser("validate", help="materialise a card and check every row, its "
+                                                              "checksum and row count")
+    data_validate.add_argument("card", nargs="+")
+    data_show = data_commands.add_parser("show", help="rows, token-length percentiles, duplicates, empty fields, "
+                                                      "train/eval overlap and samples")
+    data_show.add_argument("card")
+    data_show.add_argument("--tokenizer", help="model (folder, builtin:NAME) whose tokenizer counts tokens")
+
+    report = commands.add_parser("report", help="print the gold evaluation table of a recipe's run",
+                                 description="Print the eval.json rows of the base model and each policy stage.")
+    _recipe_args(report)
+    report.add_argument("--output-dir", help="where the run's artifacts are (default: from the recipe)")
     return parser
 
 
@@ -140,7 +175,83 @@ def cmd_run(args) -> int:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                      if k in ("train_loss", "eval_loss", "global_step")}
             print(f"{name}: {plan[name].action if plan[name].action == 'cached' else 'done'} {shown}")
+        from .policy_eval import format_report, report_rows
+
+        table = format_report(report_rows(plan))
+        if table:
+            print("\n" + table + "\n")
         print(f"artifacts in {plan.out_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from .artifacts import Artifact
+    from .atomic import write_json
+    from .context import PolicySource
+    from .evaluation import EvalSettings
+    from .generation import SamplingSettings
+    from .models import check_source, resolve
+    from .policy_eval import EVAL_FILE, SAMPLES_FILE, _write_samples, eval_prompts, evaluate_sources
+
+    def source(spec: str) -> PolicySource:
+        if (Path(spec) / "manifest.json").exists():
+            return PolicySource(str(Path(spec)), True, args.dtype, False)
+        if (why := check_source(spec)) is not None:
+            raise PipelineError(f"{spec}: {why}")
+        return PolicySource(resolve(spec), False, args.dtype, False)
+
+    policy = source(args.target)
+    reference = source(args.reference) if args.reference else None
+    artifact = Artifact.read(Path(args.target)) if policy.is_artifact else None
+    if reference is None and artifact is not None:
+        start = artifact.manifest.get("model", {}).get("start")
+        if start:
+            reference = PolicySource(start["path"], start["is_artifact"], args.dtype, False)
+    settings = EvalSettings(
+        prompts=args.prompts, n=args.n, judge=args.judge, seed=args.seed,
+        sampling=SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  batch_size=args.batch_size),
+    )
+    prompts, _ = eval_prompts(settings)
+    metrics, samples = evaluate_sources(policy, reference, prompts, settings)
+    out = Path(args.out) if args.out else Path(args.target) if artifact else Path(f"eval-{Path(args.target).name}")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_samples(out / SAMPLES_FILE, samples)
+    write_json(out / EVAL_FILE, {"target": args.target, "reference": reference.path if reference else None,
+                                 **metrics})
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out / EVAL_FILE}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .cards import describe, validate_card
+
+    if args.data_command == "validate":
+        for card in args.card:
+            for line in validate_card(card):
+                print(line)
+        return 0
+    tokenizer = None
+    if args.tokenizer:
+        from .models import load_tokenizer, resolve
+
+        tokenizer = load_tokenizer(resolve(args.tokenizer))
+    print(describe(args.card, tokenizer))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .policy_eval import format_report, report_rows
+    from .recipe import load_recipe
+    from .runner import make_plan
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    plan = make_plan(recipe, args.output_dir)
+    table = format_report(report_rows(plan))
+    print(table or f"no eval.json under {plan.out_dir}: does the recipe have an evaluate: section, and has it run?")
     return 0
 
 
@@ -150,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from .errors import PipelineError
 
-    handlers = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "eval": cmd_eval, "data": cmd_data,
+                "report": cmd_report}
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

@@ -133,7 +133,9 @@ def save_policy(ctx, trainer, tokenizer, source, merge: bool = False) -> dict:
     model = trainer.model
     is_adapter = isinstance(model, PeftModel)
     trainer.save_model(str(ctx.out_dir))  # rank-aware: writes on the main process only
-    info: dict = {"format": "adapter" if is_adapter else "full"}
+    info: dict = {"format": "adapter" if is_adapter else "full",
+                  # the policy training started from: the KL reference of `python -m pipeline eval`
+                  "start": {"path": str(source.path), "is_artifact": source.is_artifact}}
     if is_adapter:
         info["base"] = _adapter_base(source)
     if ctx.is_main:

@@ -23,6 +23,8 @@ class PolicySource:
     dtype: str
     trust_remote_code: bool
     revision: str | None = None
+    quantization: str | None = None
+    """bitsandbytes quantisation of the base weights (base model only: upstream policies are merged dense weights)."""
 
     def load(self):
         """The policy as a plain causal LM (adapters of upstream stages merged in)."""
@@ -31,7 +33,7 @@ class PolicySource:
 
         if self.is_artifact:
             return load_policy(Path(self.path), self.dtype, self.trust_remote_code)
-        return load_causal_lm(self.path, self.dtype, self.trust_remote_code, self.revision)
+        return load_causal_lm(self.path, self.dtype, self.trust_remote_code, self.revision, self.quantization)
 
     def tokenizer(self):
         from .models import load_tokenizer
@@ -79,7 +81,8 @@ class StageContext:
         upstream = self.upstream_of("policy")
         if upstream is not None:
             return PolicySource(str(upstream.path), True, model.dtype, model.trust_remote_code)
-        return PolicySource(self.base_model_path, False, model.dtype, model.trust_remote_code, model.revision)
+        return PolicySource(self.base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
+                            model.quantization)
 
     def resume_checkpoint(self) -> str | None:
         """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""

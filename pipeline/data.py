@@ -21,26 +21,42 @@ ROLES = ("system", "user", "assistant")
 
 
 class DataSettings(Strict):
-    """Where a stage's data comes from and how it is split."""
+    """Where a stage's data comes from and how it is split. `data: some/card.yaml` is short for `data: {card: ...}`,
+    `data: some/file.jsonl` for `data: {path: ...}`."""
 
-    path: ExistingPath
-    """Training data: a .jsonl, .json, .csv or .parquet file."""
+    card: ExistingPath | None = None
+    """A data card (data_cards/*.yaml): source, format, checksum and splits of a dataset."""
+    path: ExistingPath | None = None
+    """Or a plain data file: .jsonl, .json, .csv or .parquet."""
     eval_path: ExistingPath | None = None
-    """Separate evaluation data in the same format; otherwise eval_fraction of `path` is held out."""
+    """With `path`: separate evaluation data in the same format; otherwise eval_fraction of `path` is held out.
+    A card brings its own train/eval split."""
     eval_fraction: float = Field(0.0, ge=0, lt=1)
-    """Share of `path` held out for evaluation (seeded), used when eval_path is not given."""
+    """With `path`: share of it held out for evaluation (seeded), used when eval_path is not given."""
     max_rows: int | None = Field(None, ge=1)
     """Use only the first max_rows rows (after validation), for quick trials."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):
+            return {"card": value} if value.endswith((".yaml", ".yml")) else {"path": value}
+        return value
+
     @model_validator(mode="after")
-    def _suffixes(self):
+    def _one_source(self):
+        if (self.card is None) == (self.path is None):
+            raise ValueError("give exactly one of `card` (a data card) or `path` (a data file)")
+        if self.card is not None and (self.eval_path is not None or self.eval_fraction):
+            raise ValueError("a card defines its own splits: drop eval_path / eval_fraction")
         for path in (self.path, self.eval_path):
             if path is not None and path.suffix not in SUFFIXES:
                 raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
         return self
 
     def files(self) -> list[Path]:
-        return [p for p in (self.path, self.eval_path) if p is not None]
+        """Files whose bytes the data depends on; a card pins what it builds by its sha256."""
+        return [p for p in (self.card, self.path, self.eval_path) if p is not None]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -141,6 +157,8 @@ def load_chat_splits(settings: DataSettings, seed: int):
     """Train and eval ``datasets.Dataset`` (eval may be None) with only the columns TRL's SFTTrainer reads."""
     from datasets import Dataset
 
+    if settings.card is not None:
+        return _card_chat_splits(settings)
     rows = read_rows(settings.path)
     fmt = check_chat_rows(rows, str(settings.path))
     columns = ["messages"] if fmt == "messages" else ["prompt", "completion"]
@@ -161,3 +179,18 @@ def load_chat_splits(settings: DataSettings, seed: int):
         parts = train.train_test_split(test_size=settings.eval_fraction, seed=seed)
         train, evaluation = parts["train"], parts["test"]
     return train, evaluation, fmt
+
+
+def _card_chat_splits(settings: DataSettings):
+    from datasets import Dataset
+
+    from .cards import card_splits, load_card
+
+    card = load_card(settings.card)
+    if card.format not in ("messages", "prompt_completion"):
+        raise DataError(str(settings.card), f"this stage trains on messages or prompt_completion data; the card "
+                                            f"holds {card.format} rows")
+    splits = card_splits(card, str(settings.card))
+    train_rows = splits["train"][: settings.max_rows] if settings.max_rows else splits["train"]
+    evaluation = Dataset.from_list(splits["eval"]) if splits.get("eval") else None
+    return Dataset.from_list(train_rows), evaluation, card.format

@@ -37,6 +37,8 @@ def check_source(source: str) -> str | None:
             return f"unknown builtin model '{name}'; known: {', '.join(sorted(BUILTINS))}"
         return None
     path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        return None if path.is_file() else f"GGUF file not found: {path}"
     if path.exists() or source.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
             return f"{path} is not a model folder (no config.json)"
@@ -53,6 +55,10 @@ def resolve(source: str, revision: str | None = None) -> str:
     """A folder (or hub id) that ``from_pretrained`` can read; builds builtin models on first use."""
     if source.startswith("builtin:"):
         return str(BUILTINS[source.removeprefix("builtin:")]())
+    if source.endswith(".gguf"):
+        from .gguf import gguf_folder
+
+        return str(gguf_folder(Path(source)))
     return str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
 
 
@@ -99,12 +105,40 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     return tokenizer
 
 
-def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = False, revision: str | None = None):
+def quantization_config(quantization: str | None, dtype: str = "auto"):
+    """bitsandbytes settings for "4bit" (nf4, double quantisation) or "8bit"; None loads dense weights."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+    )
+
+
+def load_causal_lm(
+    path: str,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    quantization: str | None = None,
+):
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if quantization is not None:
+        import torch
+
+        extra = {"quantization_config": quantization_config(quantization, dtype),
+                 "device_map": None if torch.cuda.is_available() else "cpu"}
     try:
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, revision=revision
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, revision=revision, **extra
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a causal LM from {path}: {exc}") from None

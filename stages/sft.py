@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from trl import SFTConfig, SFTTrainer
 
@@ -15,6 +16,18 @@ from pipeline.training import load_callbacks, lora_config, trainer_kwargs
 from .sft_config import SFTStageConfig
 
 log = logging.getLogger("pipeline")
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _final_turn_as_completion(dataset, stage: str):
+    def split(row):
+        messages = row["messages"]
+        if messages[-1]["role"] != "assistant":
+            raise PipelineError(f"stages.{stage}.data: a conversation does not end with an assistant turn, so "
+                                "with this chat template (no generation markers) there is nothing to learn from it")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+    return dataset.map(split, remove_columns=["messages"])
 
 
 def run(ctx: StageContext) -> dict:
@@ -23,11 +36,15 @@ def run(ctx: StageContext) -> dict:
     source = ctx.policy_source()
     tokenizer = source.tokenizer()
     completion_only = config.loss_on == "completion"
-    if completion_only and fmt == "messages" and "generation" not in (tokenizer.chat_template or ""):
-        raise PipelineError(
-            f"stages.{ctx.name}.loss_on: 'completion' on chat data needs a chat template with "
-            "{% generation %} markers, and this tokenizer's has none; set loss_on: all or supply such a template"
-        )
+    if completion_only and fmt == "messages" and not GENERATION_MARKER.search(tokenizer.chat_template or ""):
+        # TRL masks assistant turns through {% generation %} markers. Without them (most hub templates, SmolLM2's
+        # too), train on the final assistant turn as a conversational completion, which TRL masks by itself.
+        train_data, eval_data = (_final_turn_as_completion(d, ctx.name) if d is not None else None
+                                 for d in (train_data, eval_data))
+        fmt = "prompt_completion"
+        if ctx.is_main:
+            log.info("[%s] the chat template has no {%% generation %%} markers: the loss is on the final assistant "
+                     "turn of each conversation", ctx.name)
     model = source.load()
 
     args = SFTConfig(
