@@ -2,7 +2,7 @@
 # make test  set up (first time) and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RECIPE ?= recipes/tiny.yaml
+RECIPE ?= recipes/rlhf.yaml
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

@@ -190,6 +190,7 @@ def cmd_eval(args) -> int:
     from .artifacts import Artifact
     from .atomic import write_json
     from .context import PolicySource
+    from .errors import ModelError
     from .evaluation import EvalSettings
     from .generation import SamplingSettings
     from .models import check_source, resolve
@@ -199,7 +200,7 @@ def cmd_eval(args) -> int:
         if (Path(spec) / "manifest.json").exists():
             return PolicySource(str(Path(spec)), True, args.dtype, False)
         if (why := check_source(spec)) is not None:
-            raise PipelineError(f"{spec}: {why}")
+            raise ModelError(f"{spec}: {why}")
         return PolicySource(resolve(spec), False, args.dtype, False)
 
     policy = source(args.target)

@@ -64,11 +64,17 @@ def run(ctx: StageContext) -> dict:
         peft_config=lora_config(config.lora) if config.lora else None,
         callbacks=load_callbacks(config.train.callbacks),
     )
+    dropped = len(train_data) - len(trainer.train_dataset)
+    if dropped and ctx.is_main:
+        # TRL drops rows whose completion is cut off entirely by max_length; say how many rather than hide it.
+        log.warning("[%s] %d of %d training rows have no completion tokens left within max_length=%d and are "
+                    "skipped; raise max_length to keep them", ctx.name, dropped, len(train_data), config.max_length)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     metrics = {
         "train_loss": result.training_loss,
         "global_step": result.global_step,
         "train_rows": len(train_data),
+        "train_rows_skipped_too_long": dropped,
         **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"},
     }
     if eval_data is not None:

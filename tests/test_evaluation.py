@@ -336,3 +336,14 @@ def test_bf16_generation_and_logprobs_on_cpu(tokenizer, tiny_path):
     logprobs = completion_logprobs(model, completions, batch_size=2)
     assert all(t.dtype == torch.float32 and t.shape == (6,) and torch.isfinite(t).all() for t in logprobs)
     assert math.isfinite(sum(float(t.sum()) for t in logprobs))
+
+
+def test_base_model_loads_quantised_in_4bit_on_cpu():
+    import bitsandbytes as bnb
+
+    from pipeline.models import load_causal_lm
+
+    model = load_causal_lm(str(tiny_llama_path()), "float32", quantization="4bit")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()

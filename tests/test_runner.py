@@ -188,3 +188,43 @@ def test_plan_shows_cached_and_parameter_counts(make_recipe, chat_data):
                                 LoraConfig(r=4, target_modules="all-linear"))
     trainable, total = peft_model.get_nb_trainable_parameters()
     assert f"{total:,}" in lines["next"] and f"{trainable:,}" in lines["next"]
+
+
+def test_gold_evaluation_is_cached_apart_from_training(make_recipe, chat_data, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 30 plus 4?"}\n{"prompt": "Say the number 9."}\n{"prompt": "Hi"}\n')
+    card = tmp_path / "prompts.yaml"
+    card.write_text(f"name: p\ndescription: d\nlicense: MIT\nsource: {{path: {prompts}}}\nformat: prompt\n"
+                    "splits: {eval_fraction: 1.0, seed: 0}\n")
+    evaluate = {"prompts": str(card), "n": 3, "sampling": {"max_new_tokens": 4, "batch_size": 2}}
+    path = make_recipe({"sft": sft_stage(chat_data)}, evaluate=evaluate)
+    out = tmp_path / "out"
+    run(path)
+    base = json.loads((out / "base" / "eval.json").read_text())
+    sft = json.loads((out / "sft" / "eval.json").read_text())
+    assert base["n"] == sft["n"] == 3 and base["kl_mean"] == 0.0, "the base model is its own reference"
+    assert sft["kl_mean"] != 0.0, "the SFT policy is compared with the base model it started from"
+    assert len((out / "sft" / "eval_samples.jsonl").read_text().splitlines()) == 3
+    trained_at = finished_at(out, "sft")
+
+    run(path)  # nothing changed: neither retrained nor re-evaluated
+    assert json.loads((out / "sft" / "eval.json").read_text()) == sft
+
+    run(path, ["evaluate.sampling.max_new_tokens=2"])  # evaluation settings changed: re-evaluate, do not retrain
+    again = json.loads((out / "sft" / "eval.json").read_text())
+    assert again["fingerprint"] != sft["fingerprint"] and again["mean_length"] <= 2
+    assert finished_at(out, "sft") == trained_at
+
+    report = run_cli("report", str(path))
+    assert report.returncode == 0 and "base" in report.stdout and "sft" in report.stdout
+
+
+def test_rows_cut_off_by_max_length_are_counted(make_recipe, tmp_path):
+    from conftest import CHAT_ROWS, write_jsonl
+
+    long_prompt = {"messages": [{"role": "user", "content": "Say the number " + "very " * 40 + "slowly."},
+                                {"role": "assistant", "content": "three"}]}
+    data = write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS + [long_prompt])
+    run(make_recipe({"sft": sft_stage(data, steps=2, max_length=24)}))
+    metrics = json.loads((tmp_path / "out" / "sft" / "metrics.json").read_text())
+    assert metrics["train_rows"] == 5 and metrics["train_rows_skipped_too_long"] == 1
