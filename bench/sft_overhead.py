@@ -27,8 +27,8 @@ PLAIN = textwrap.dedent(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
     t1 = time.perf_counter()
-    model_path, data_path, out, steps, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-    rows = load_dataset("json", data_files=data_path, split="train").train_test_split(test_size=0.1, seed=seed)
+    model_path, data_dir, out, steps, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    rows = load_dataset("json", data_files={"train": data_dir + "/train.jsonl", "test": data_dir + "/eval.jsonl"})
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     args = SFTConfig(output_dir=out, max_steps=steps, learning_rate=3e-3, per_device_train_batch_size=8,
@@ -84,8 +84,15 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from pipeline.tiny_model import tiny_llama_path
 
+    from pipeline.cards import card_splits, load_card
+
     model_path = str(tiny_llama_path())
-    data = ROOT / "data" / "tiny" / "chat.jsonl"
+    # The plain script reads the same train/eval rows the pipeline gets from the recipe's data card.
+    data = Path(tempfile.mkdtemp())
+    card_path = ROOT / "data_cards" / "tiny_chat.yaml"
+    for split, rows in card_splits(load_card(card_path), str(card_path)).items():
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.chdir(ROOT)
     plain_runs, pipe_runs = [], []
     for _ in range(args.repeats):  # interleaved, so a busy moment hits both sides alike
         plain_runs.append(run_plain(model_path, data, args.steps, args.seed))

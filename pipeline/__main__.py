@@ -163,6 +163,9 @@ def cmd_plan(args) -> int:
     return 0
 
 
+HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_near_ties", "eval_accuracy")
+
+
 def cmd_run(args) -> int:
     from .recipe import load_recipe
     from .runner import make_plan, run_plan
@@ -173,7 +176,7 @@ def cmd_run(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         for name, metrics in results.items():
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                     if k in ("train_loss", "eval_loss", "global_step")}
+                     if k in HEADLINE_METRICS}
             print(f"{name}: {plan[name].action if plan[name].action == 'cached' else 'done'} {shown}")
         from .policy_eval import format_report, report_rows
 

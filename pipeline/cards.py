@@ -34,7 +34,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt",),
     "preference": ("prompt", "chosen", "rejected"),
 }
-"""The columns a materialised row of each format has, and has only."""
+"""The columns a materialised row of each format has (a preference row may also carry a numeric `margin`)."""
 
 PRESET_COLUMNS: dict[str, tuple[str, ...]] = {"hh": ("chosen", "rejected"), "ultrafeedback": ("chosen", "rejected")}
 """The (mapped) source columns each preference preset reads."""
@@ -268,6 +268,13 @@ def _map_row(raw: Any, card: DataCard, origin: str, number: int) -> dict:
         row = _hh_row(row, origin, number)
     elif card.preset == "ultrafeedback":
         row = _ultrafeedback_row(row, origin, number)
+    margin_column = card.fields.get("margin", "margin")
+    if card.format == "preference" and margin_column in raw:
+        # Optional: how much better chosen is than rejected, for reward training with a margin.
+        margin = raw[margin_column]
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin != margin:
+            raise DataError(origin, f"must be a number, got {margin!r}", row=number, field=margin_column)
+        row["margin"] = float(margin)
     return row
 
 

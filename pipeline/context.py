@@ -50,6 +50,8 @@ class StageContext:
     recipe: Recipe
     out_dir: Path
     """Write the artifact here (a temporary folder the runner renames when the stage returns). Main process only."""
+    final_dir: Path
+    """Where the artifact will be once the stage is done (for paths written into it)."""
     work_dir: Path
     """Persistent scratch for this stage and fingerprint: trainer checkpoints live here so a killed run resumes."""
     upstream: dict[str, Artifact]
@@ -67,6 +69,12 @@ class StageContext:
     @property
     def seed(self) -> int:
         return self.recipe.seed
+
+    def barrier(self) -> None:
+        """Wait until every process of the job reaches this point (a no-op in a single process)."""
+        from .training import distributed_state
+
+        distributed_state().wait_for_everyone()
 
     def upstream_of(self, produces: str) -> Artifact | None:
         """The upstream artifact of a type (validation guarantees at most one)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -30,8 +31,15 @@ def count_parameters(model_path: str, lora=None, trust_remote_code: bool = False
     trainable = 0
     targets = lora.target_modules
     output_head = model.get_output_embeddings()
+    layers = None
+    if lora.layers is not None:
+        count = config.num_hidden_layers
+        layers = {i % count if i < 0 else i for i in lora.layers}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is output_head:
+            continue
+        found = re.search(r"\.layers\.(\d+)\.", f".{name}.")
+        if layers is not None and (found is None or int(found.group(1)) not in layers):
             continue
         if targets == "all-linear" or name.split(".")[-1] in targets:
             trainable += lora.r * (module.in_features + module.out_features)

@@ -94,13 +94,27 @@ class FunctionJudge:
 
 
 def _check_reward_spec(path: str) -> str | None:
+    # The folder may be made by an earlier stage of the same run, so only its form is checked here.
     if not path:
-        return "judge 'reward:' needs an artifact path, e.g. 'reward:runs/tiny/reward'"
-    return f"reward-model judges ('reward:{path}') are not yet supported"
+        return "judge 'reward:' needs a reward artifact path, e.g. 'reward:runs/tiny/reward'"
+    return None
+
+
+class RewardJudge:
+    """Scores with a reward-model artifact (see pipeline.reward_model)."""
+
+    def __init__(self, path: str):
+        from .reward_model import RewardModel
+
+        self.name = f"reward:{path}"
+        self.model = RewardModel.from_pretrained(path)
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return self.model.score(prompts, completions)
 
 
 def _make_reward_judge(path: str) -> Judge:
-    raise PipelineError(_check_reward_spec(path) or f"reward-model judges are not yet supported: {path}")
+    return RewardJudge(path)
 
 
 SCHEMES: dict[str, tuple[Callable[[str], str | None], Callable[[str], Judge]]] = {

@@ -232,6 +232,8 @@ def _input_type_problems(name: str, config: StageConfig, stages: dict[str, Stage
     for produced, refs in seen.items():
         if len(refs) > 1:
             problems.append(Problem(f"stages.{name}.from", f"takes one {produced}, got {', '.join(refs)}"))
+    for message in config.input_problems(set(seen)):
+        problems.append(Problem(f"stages.{name}", message))
     for needed, required in config.accepts.items():
         if required and needed not in seen and needed != "policy":  # the base model stands in for a policy
             problems.append(Problem(f"stages.{name}.from", f"a {config.kind} stage needs a {needed} stage upstream"))

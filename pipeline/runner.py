@@ -202,6 +202,7 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         config=config,
         recipe=recipe,
         out_dir=tmp,
+        final_dir=final,
         work_dir=work,
         upstream=upstream,
         fingerprint=stage.fingerprint,

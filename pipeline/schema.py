@@ -39,6 +39,9 @@ class LoraSettings(Strict):
     """Dropout on the adapter input."""
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     """Module names to adapt, or "all-linear" for every linear layer except the output head."""
+    layers: list[int] | None = None
+    """Adapt only these transformer layers (0-based; negative counts from the end, -4 is the fourth-last).
+    Backpropagation then stops at the lowest adapted layer, which makes steps much cheaper on a CPU."""
 
 
 class TrainSettings(Strict):
@@ -112,4 +115,8 @@ class StageConfig(Strict):
 
     def input_files(self) -> list[Path]:
         """Local files whose contents the stage's output depends on (fingerprinted for caching)."""
+        return []
+
+    def input_problems(self, upstream: set[str]) -> list[str]:
+        """Why this config cannot work with upstream artifacts of these types (checked at validation)."""
         return []

@@ -79,10 +79,20 @@ def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bo
     return kwargs
 
 
-def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None,
+                num_layers: int | None = None):
+    """peft's LoraConfig for these settings; ``num_layers`` (the model's layer count) resolves negative layers."""
     from peft import LoraConfig
 
+    layers = None
+    if lora.layers is not None:
+        if num_layers is None and any(i < 0 for i in lora.layers):
+            raise PipelineError("lora.layers: negative layer numbers need the model's layer count")
+        layers = sorted({i % num_layers if i < 0 else i for i in lora.layers})
+        if num_layers is not None and max(layers) >= num_layers:
+            raise PipelineError(f"lora.layers: the model has {num_layers} layers (0..{num_layers - 1}), got {max(layers)}")
     return LoraConfig(
+        layers_to_transform=layers,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

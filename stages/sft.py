@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> dict:
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
-        peft_config=lora_config(config.lora) if config.lora else None,
+        peft_config=lora_config(config.lora, num_layers=model.config.num_hidden_layers) if config.lora else None,
         callbacks=load_callbacks(config.train.callbacks),
     )
     dropped = len(train_data) - len(trainer.train_dataset)

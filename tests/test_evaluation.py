@@ -138,14 +138,19 @@ def test_function_judge_is_imported_and_checked():
         ("my-module:f", "is not a Python module name"),
         ("math:f()", "is not a Python function name"),
         ("no_such_module_xyz:f", "no module named 'no_such_module_xyz'"),
-        ("reward:runs/tiny/reward", "not yet supported"),
-        ("reward:", "needs an artifact path"),
+        ("reward:", "needs a reward artifact path"),
     ],
 )
 def test_bad_specs_are_explained(spec, message):
     assert message in check_judge_spec(spec)
-    with pytest.raises(PipelineError, match="judge|not yet supported"):
+    with pytest.raises(PipelineError, match="judge"):
         make_judge(spec)
+
+
+def test_reward_judge_on_a_missing_folder_is_a_clear_error(tmp_path):
+    assert check_judge_spec(f"reward:{tmp_path}") is None  # may be made by an earlier stage of the run
+    with pytest.raises(PipelineError, match="not a reward model folder"):
+        make_judge(f"reward:{tmp_path}")
 
 
 def test_bad_function_specs_fail_on_import():

@@ -1,0 +1,54 @@
+"""Turning scored samples into preference pairs: the rules the preferences stage applies, kept pure for testing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+
+@dataclass
+class PairCounts:
+    """What happened to the candidate pairs: every candidate is kept or counted under one reason."""
+
+    prompts: int = 0
+    candidates: int = 0
+    kept: int = 0
+    near_ties: int = 0
+    """Candidates whose score difference was below min_margin (ties included)."""
+    identical: int = 0
+    """Candidates whose two completions were the same text."""
+    margins: list[float] = field(default_factory=list)
+
+    def as_metrics(self) -> dict:
+        mean = sum(self.margins) / len(self.margins) if self.margins else 0.0
+        return {"prompts": self.prompts, "candidate_pairs": self.candidates, "pairs": self.kept,
+                "dropped_near_ties": self.near_ties, "dropped_identical": self.identical, "mean_margin": mean}
+
+
+def build_pairs(prompt: str, samples: list[tuple[str, float]], mode: str, min_margin: float,
+                counts: PairCounts) -> list[dict]:
+    """Pairs {prompt, chosen, rejected, margin} from one prompt's (completion, score) samples.
+
+    best_worst: the highest- against the lowest-scored sample (one candidate per prompt); all: every two samples.
+    A candidate is dropped (and counted) if both texts are equal or the scores differ by less than min_margin.
+    """
+    counts.prompts += 1
+    if mode == "best_worst":
+        ranked = sorted(samples, key=lambda s: s[1])
+        candidates = [(ranked[-1], ranked[0])]
+    else:
+        candidates = [(a, b) if a[1] >= b[1] else (b, a) for a, b in combinations(samples, 2)]
+    pairs = []
+    for (chosen, chosen_score), (rejected, rejected_score) in candidates:
+        counts.candidates += 1
+        margin = chosen_score - rejected_score
+        if chosen.strip() == rejected.strip():
+            counts.identical += 1
+        elif margin < min_margin or margin == 0:
+            counts.near_ties += 1
+        else:
+            counts.kept += 1
+            counts.margins.append(margin)
+            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin,
+                          "chosen_score": chosen_score, "rejected_score": rejected_score})
+    return pairs

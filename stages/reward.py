@@ -1,0 +1,133 @@
+"""The `reward` stage: TRL's RewardTrainer (Bradley-Terry pairwise loss) on a sequence-classification model
+initialised from the upstream policy. The artifact is a plain AutoModelForSequenceClassification folder (merged),
+with the LoRA adapter beside it under adapter/."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification
+from trl import RewardConfig, RewardTrainer
+
+from pipeline.artifacts import write_log_history
+from pipeline.cards import card_splits, check_rows, load_card, split_rows
+from pipeline.context import StageContext
+from pipeline.data import read_rows
+from pipeline.models import torch_dtype
+from pipeline.reward_model import RewardModel
+from pipeline.training import load_callbacks, lora_config, trainer_kwargs
+
+from .reward_config import RewardStageConfig
+
+log = logging.getLogger("pipeline")
+
+
+def preference_splits(ctx: StageContext, config: RewardStageConfig) -> tuple[list[dict], list[dict]]:
+    """Train and eval pairs from the data card (or file) in the config, or from the upstream preferences stage."""
+    if config.data is None:
+        upstream = ctx.upstream_of("preferences")
+        card_path = upstream.path / upstream.manifest["data_card"]
+    elif config.data.card is not None:
+        card_path = config.data.card
+    else:
+        rows = read_rows(config.data.path)
+        check_rows(rows, "preference", str(config.data.path))
+        splits = split_rows(rows, config.data.eval_fraction, ctx.seed, str(config.data.path))
+        return splits["train"], splits["eval"]
+    splits = card_splits(load_card(card_path), str(card_path))
+    return splits["train"], splits["eval"]
+
+
+def _init_folder(ctx: StageContext) -> str:
+    """A folder of plain causal-LM weights to start the classifier from: the base, or the upstream policy merged."""
+    source = ctx.policy_source()
+    if not source.is_artifact:
+        return source.path
+    folder = ctx.work_dir / "init"
+    if ctx.is_main and not (folder / "config.json").exists():
+        source.load().save_pretrained(folder)
+        source.tokenizer().save_pretrained(folder)
+    ctx.barrier()
+    return str(folder)
+
+
+def run(ctx: StageContext) -> dict:
+    config: RewardStageConfig = ctx.config
+    train_rows, eval_rows = preference_splits(ctx, config)
+    keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
+    train_rows = [{k: r[k] for k in keep} for r in train_rows]
+    eval_rows = [{k: r[k] for k in keep} for r in eval_rows]
+    from datasets import Dataset
+
+    tokenizer = ctx.policy_source().tokenizer()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        _init_folder(ctx), num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = RewardConfig(
+        **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=bool(eval_rows)),
+        max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        # The score head is new: train and save it in full next to the adapter.
+        peft_config=(lora_config(config.lora, "SEQ_CLS", ["score"], model.config.num_hidden_layers)
+                     if config.lora else None),
+        callbacks=load_callbacks(config.train.callbacks),
+    )
+    skipped = len(train_rows) - len(trainer.train_dataset)
+    if skipped and ctx.is_main:
+        # TRL filters out pairs longer than max_length; say how many rather than hide it.
+        log.warning("[%s] %d of %d training pairs are longer than max_length=%d and are skipped", ctx.name, skipped,
+                    len(train_rows), config.max_length)
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, "train_pairs": len(train_rows),
+               "train_pairs_skipped_too_long": skipped,
+               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
+    if eval_rows:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
+        metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
+    write_log_history(ctx, trainer.state.log_history)
+    _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None)
+    return {"metrics": metrics, "model": {"format": "full", "task": "sequence_classification",
+                                          "adapter": "adapter" if config.lora else None}}
+
+
+def _heldout_metrics(ctx: StageContext, scorer: RewardModel, rows: list[dict]) -> dict:
+    """Exact accuracy, margins and reward distribution on every held-out pair (TRL's eval averages per batch and
+    leaves out pairs over max_length); the scores go to eval_scores.jsonl so a reload can be checked against them."""
+    import statistics
+
+    chosen = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    rejected = scorer.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    if ctx.is_main:
+        with (ctx.out_dir / "eval_scores.jsonl").open("w") as handle:
+            for row, c, r in zip(rows, chosen, rejected):
+                handle.write(json.dumps({**row, "chosen_reward": c, "rejected_reward": r}, ensure_ascii=False) + "\n")
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {
+        "eval_pairs": len(rows),
+        "eval_accuracy": sum(m > 0 for m in margins) / len(margins),
+        "eval_margin_mean": statistics.fmean(margins),
+        "eval_chosen_reward_mean": statistics.fmean(chosen),
+        "eval_rejected_reward_mean": statistics.fmean(rejected),
+        "eval_reward_std": statistics.pstdev(chosen + rejected),
+    }
+
+
+def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool) -> None:
+    if is_adapter:
+        trainer.save_model(str(ctx.out_dir / "adapter"))
+    if not ctx.is_main:
+        return
+    model = trainer.model.merge_and_unload() if is_adapter else trainer.model
+    model.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(ctx.out_dir))
+    for pickle in Path(ctx.out_dir).rglob("training_args.bin"):
+        pickle.unlink()

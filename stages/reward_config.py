@@ -1,0 +1,45 @@
+"""Config of the `reward` stage: a pairwise (Bradley-Terry) reward model on TRL's RewardTrainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.data import DataSettings
+from pipeline.schema import LoraSettings, StageConfig, TrainSettings
+
+
+class RewardStageConfig(StageConfig):
+    """A sequence-classification head on the upstream policy (or base model), trained on preference pairs."""
+
+    kind: Literal["reward"] = "reward"
+    data: DataSettings | None = None
+    """Preference data card; default: the pairs of the preferences stage named in `from`."""
+    lora: LoraSettings | None = LoraSettings()
+    """LoRA adapter settings (the score head is always trained in full); null trains every weight."""
+    train: TrainSettings = TrainSettings(learning_rate=1e-4)
+    """Optimisation settings."""
+    max_length: int = Field(256, ge=8)
+    """Token length at which chosen/rejected conversations are truncated."""
+    use_margin: bool = False
+    """Subtract each pair's score margin inside the loss (-log sigmoid(r_c - r_r - margin)), as in Llama 2."""
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+    """Weight of the penalty on the mean squared reward, which keeps rewards centred on zero (Eisenstein et al.)."""
+
+    produces: ClassVar[str] = "reward_model"
+    accepts: ClassVar[dict[str, bool]] = {"policy": True, "preferences": False}
+
+    def input_problems(self, upstream: set[str]) -> list[str]:
+        if self.data is None and "preferences" not in upstream:
+            return ["needs preference data: name a preferences stage in `from`, or set `data:` to a card"]
+        if self.data is not None and "preferences" in upstream:
+            return ["preference data given twice: both `data:` and a preferences stage in `from`"]
+        return []
+
+    def input_files(self) -> list[Path]:
+        return self.data.files() if self.data else []
+
+
+CONFIG = RewardStageConfig
