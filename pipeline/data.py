@@ -194,3 +194,21 @@ def _card_chat_splits(settings: DataSettings):
     train_rows = splits["train"][: settings.max_rows] if settings.max_rows else splits["train"]
     evaluation = Dataset.from_list(splits["eval"]) if splits.get("eval") else None
     return Dataset.from_list(train_rows), evaluation, card.format
+
+
+def preference_splits(settings: DataSettings | None, upstream=None, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Train and eval preference pairs from a card or file (``settings``), or else from the data card of an
+    upstream preferences artifact."""
+    from .cards import card_splits, check_rows, load_card, split_rows
+
+    if settings is None:
+        card_path = upstream.path / upstream.manifest["data_card"]
+    elif settings.card is not None:
+        card_path = settings.card
+    else:
+        rows = read_rows(settings.path)
+        check_rows(rows, "preference", str(settings.path))
+        splits = split_rows(rows, settings.eval_fraction, seed, str(settings.path))
+        return splits["train"], splits["eval"]
+    splits = card_splits(load_card(card_path), str(card_path))
+    return splits["train"], splits["eval"]

@@ -120,3 +120,12 @@ class StageConfig(Strict):
     def input_problems(self, upstream: set[str]) -> list[str]:
         """Why this config cannot work with upstream artifacts of these types (checked at validation)."""
         return []
+
+
+def preference_data_problems(data, upstream: set[str]) -> list[str]:
+    """For stages that train on pairs: exactly one of `data:` or an upstream preferences stage."""
+    if data is None and "preferences" not in upstream:
+        return ["needs preference data: name a preferences stage in `from`, or set `data:` to a card"]
+    if data is not None and "preferences" in upstream:
+        return ["preference data given twice: both `data:` and a preferences stage in `from`"]
+    return []

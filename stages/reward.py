@@ -12,9 +12,8 @@ from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from pipeline.artifacts import write_log_history
-from pipeline.cards import card_splits, check_rows, load_card, split_rows
 from pipeline.context import StageContext
-from pipeline.data import read_rows
+from pipeline.data import preference_splits
 from pipeline.models import torch_dtype
 from pipeline.reward_model import RewardModel
 from pipeline.training import load_callbacks, lora_config, trainer_kwargs
@@ -22,22 +21,6 @@ from pipeline.training import load_callbacks, lora_config, trainer_kwargs
 from .reward_config import RewardStageConfig
 
 log = logging.getLogger("pipeline")
-
-
-def preference_splits(ctx: StageContext, config: RewardStageConfig) -> tuple[list[dict], list[dict]]:
-    """Train and eval pairs from the data card (or file) in the config, or from the upstream preferences stage."""
-    if config.data is None:
-        upstream = ctx.upstream_of("preferences")
-        card_path = upstream.path / upstream.manifest["data_card"]
-    elif config.data.card is not None:
-        card_path = config.data.card
-    else:
-        rows = read_rows(config.data.path)
-        check_rows(rows, "preference", str(config.data.path))
-        splits = split_rows(rows, config.data.eval_fraction, ctx.seed, str(config.data.path))
-        return splits["train"], splits["eval"]
-    splits = card_splits(load_card(card_path), str(card_path))
-    return splits["train"], splits["eval"]
 
 
 def _init_folder(ctx: StageContext) -> str:
@@ -55,7 +38,7 @@ def _init_folder(ctx: StageContext) -> str:
 
 def run(ctx: StageContext) -> dict:
     config: RewardStageConfig = ctx.config
-    train_rows, eval_rows = preference_splits(ctx, config)
+    train_rows, eval_rows = preference_splits(config.data, ctx.upstream_of("preferences"), ctx.seed)
     keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
     train_rows = [{k: r[k] for k in keep} for r in train_rows]
     eval_rows = [{k: r[k] for k in keep} for r in eval_rows]

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from pipeline.data import DataSettings
-from pipeline.schema import LoraSettings, StageConfig, TrainSettings
+from pipeline.schema import LoraSettings, StageConfig, TrainSettings, preference_data_problems
 
 
 class RewardStageConfig(StageConfig):
@@ -32,11 +32,7 @@ class RewardStageConfig(StageConfig):
     accepts: ClassVar[dict[str, bool]] = {"policy": True, "preferences": False}
 
     def input_problems(self, upstream: set[str]) -> list[str]:
-        if self.data is None and "preferences" not in upstream:
-            return ["needs preference data: name a preferences stage in `from`, or set `data:` to a card"]
-        if self.data is not None and "preferences" in upstream:
-            return ["preference data given twice: both `data:` and a preferences stage in `from`"]
-        return []
+        return preference_data_problems(self.data, upstream)
 
     def input_files(self) -> list[Path]:
         return self.data.files() if self.data else []

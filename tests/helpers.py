@@ -26,3 +26,31 @@ class Probe(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if os.environ.get("PROBE_DIE_AFTER_SAVE"):
             os._exit(17)
+
+
+class ReferenceProbe(TrainerCallback):
+    """Records, at the start and end of training, the logits of the reference (the PEFT model with its adapter
+    disabled) and of the trained policy on a fixed input; writes them to $PROBE_REFERENCE_FILE as JSON."""
+
+    ids = [[5, 6, 7, 8, 9, 10]]
+
+    def _logits(self, model, disabled: bool):
+        import torch
+
+        ids = torch.tensor(self.ids)
+        with torch.no_grad():
+            if disabled:
+                with model.disable_adapter():
+                    return model(input_ids=ids).logits[0].tolist()
+            return model(input_ids=ids).logits[0].tolist()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.begin = (self._logits(model, True), self._logits(model, False))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        import json
+
+        end = (self._logits(model, True), self._logits(model, False))
+        with open(os.environ["PROBE_REFERENCE_FILE"], "w") as handle:
+            json.dump({"reference_begin": self.begin[0], "reference_end": end[0], "policy_begin": self.begin[1],
+                       "policy_end": end[1]}, handle)

@@ -1,0 +1,53 @@
+"""Config of the `dpo` stage: direct preference optimisation against a frozen reference (TRL's DPOTrainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.data import DataSettings
+from pipeline.schema import LoraSettings, StageConfig, TrainSettings, preference_data_problems
+
+LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
+class DPOStageConfig(StageConfig):
+    """The policy starts from the upstream policy; the frozen reference is that same policy: with LoRA, the
+    weights with the new adapter disabled (one copy in memory); with full fine-tuning, an explicit frozen copy."""
+
+    kind: Literal["dpo"] = "dpo"
+    data: DataSettings | None = None
+    """Preference data card; default: the pairs of the preferences stage named in `from`."""
+    lora: LoraSettings | None = LoraSettings()
+    """LoRA adapter settings; null trains every weight (and keeps a frozen copy as reference)."""
+    train: TrainSettings = TrainSettings(learning_rate=5e-5)
+    """Optimisation settings."""
+    max_length: int = Field(256, ge=8)
+    """Token length at which prompt + completion is truncated."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL constraint to the reference (higher stays closer)."""
+    loss_type: LossType | list[LossType] = "sigmoid"
+    """DPO loss (sigmoid is the paper's), or several combined with loss_weights. All of TRL's are offered."""
+    loss_weights: list[float] | None = None
+    """Weights of the loss types when several are given."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Assumed label-noise rate (conservative DPO / robust loss)."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference log-probs once before training (the reference then never runs during training)."""
+    merge: bool = False
+    """Also write merged full weights under merged/."""
+
+    produces: ClassVar[str] = "policy"
+    accepts: ClassVar[dict[str, bool]] = {"policy": True, "preferences": False}
+
+    def input_problems(self, upstream: set[str]) -> list[str]:
+        return preference_data_problems(self.data, upstream)
+
+    def input_files(self) -> list[Path]:
+        return self.data.files() if self.data else []
+
+
+CONFIG = DPOStageConfig
