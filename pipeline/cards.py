@@ -16,13 +16,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import builders
 from .data import ROLES, SUFFIXES, check_chat_rows, read_rows, sha256_file
 from .errors import DataError, Problem, RecipeError
-from .recipe import did_you_mean, pydantic_problems
+from .recipe import did_you_mean, pydantic_problems, read_yaml_mapping
 from .schema import ExistingPath, Strict
 
 Format = Literal["messages", "prompt_completion", "prompt", "preference"]
@@ -192,17 +191,7 @@ class DataCard(Strict):
 
 def load_card(path: str | Path) -> DataCard:
     """Read and validate a card; raise RecipeError listing every problem with its YAML path."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(str(path), [Problem("", "card file not found")])
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(str(path), [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    if not isinstance(raw, dict):
-        raise RecipeError(str(path), [Problem("", "a data card is a YAML mapping with name, source, format, ...")])
+    raw = read_yaml_mapping(path, "data card", "name, source, format, ...")
     try:
         return DataCard.model_validate(raw)
     except ValidationError as exc:

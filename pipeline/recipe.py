@@ -90,11 +90,11 @@ STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Loading
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError with every problem found."""
+def read_yaml_mapping(path: str | Path, what: str, keys: str) -> dict:
+    """A YAML file's top-level mapping (safe_load); RecipeError naming the file (and line) otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(str(path), [Problem("", "recipe file not found")])
+        raise RecipeError(str(path), [Problem("", f"{what} file not found")])
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -102,7 +102,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(str(path), [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     if not isinstance(raw, dict):
-        raise RecipeError(str(path), [Problem("", "a recipe is a YAML mapping with name, model and stages")])
+        raise RecipeError(str(path), [Problem("", f"a {what} is a YAML mapping with {keys}")])
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError with every problem found."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "recipe", "name, model and stages")
     problems: list[Problem] = []
     for override in overrides:
         problem = apply_override(raw, override)

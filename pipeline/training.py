@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 
 from .errors import PipelineError
@@ -80,23 +81,29 @@ def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bo
 
 
 def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None,
-                num_layers: int | None = None):
-    """peft's LoraConfig for these settings; ``num_layers`` (the model's layer count) resolves negative layers."""
+                model=None):
+    """peft's LoraConfig for these settings. ``model`` is needed with ``lora.layers``: it gives the layer count and,
+    for target_modules "all-linear" (which peft refuses together with layers_to_transform), the linear layers'
+    names inside the transformer blocks."""
     from peft import LoraConfig
 
-    layers = None
+    layers, targets = None, lora.target_modules
     if lora.layers is not None:
-        if num_layers is None and any(i < 0 for i in lora.layers):
-            raise PipelineError("lora.layers: negative layer numbers need the model's layer count")
-        layers = sorted({i % num_layers if i < 0 else i for i in lora.layers})
-        if num_layers is not None and max(layers) >= num_layers:
-            raise PipelineError(f"lora.layers: the model has {num_layers} layers (0..{num_layers - 1}), got {max(layers)}")
+        import torch
+
+        count = model.config.num_hidden_layers
+        layers = sorted({i % count if i < 0 else i for i in lora.layers})
+        if max(layers) >= count or min(lora.layers) < -count:
+            raise PipelineError(f"lora.layers: the model has {count} layers (0..{count - 1}); got {lora.layers}")
+        if targets == "all-linear":
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and re.search(r"\.layers\.\d+\.", name)})
     return LoraConfig(
         layers_to_transform=layers,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
         task_type=task_type,
         modules_to_save=modules_to_save,
     )
@@ -113,3 +120,29 @@ def load_callbacks(names: list[str]) -> list:
             raise PipelineError(f"train.callbacks: cannot import '{name}': {exc}") from None
         callbacks.append(cls())
     return callbacks
+
+
+def train_and_measure(ctx, trainer, train_size: int, unit: str, eval_size: int | None = None) -> dict:
+    """Train (resuming from a checkpoint if one exists), evaluate, save the log; return the stage's metrics.
+
+    TRL drops examples in preprocessing (too long for max_length, or no completion token left); the count is
+    reported as ``train_<unit>_skipped`` and warned about, so nothing is lost silently.
+    """
+    import logging
+
+    from .artifacts import write_log_history
+
+    skipped = train_size - len(trainer.train_dataset)
+    if skipped and ctx.is_main:
+        logging.getLogger("pipeline").warning(
+            "[%s] %d of %d training %s were dropped by TRL's preprocessing (longer than max_length, or no "
+            "completion token left); raise max_length to keep them", ctx.name, skipped, train_size, unit)
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, f"train_{unit}": train_size,
+               f"train_{unit}_skipped": skipped,
+               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
+    if eval_size:
+        metrics.update(trainer.evaluate())
+        metrics[f"eval_{unit}"] = eval_size
+    write_log_history(ctx, trainer.state.log_history)
+    return metrics

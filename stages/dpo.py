@@ -8,10 +8,10 @@ import logging
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from pipeline.artifacts import save_policy, write_log_history
+from pipeline.artifacts import save_policy
 from pipeline.context import StageContext
 from pipeline.data import preference_splits
-from pipeline.training import load_callbacks, lora_config, trainer_kwargs
+from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
 
 from .dpo_config import DPOStageConfig
 
@@ -27,7 +27,7 @@ def run(ctx: StageContext) -> dict:
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), source.load()
     reference = None
-    if config.lora is None:
+    if config.lora is None or config.reference == "copy":
         # Full fine-tuning: TRL would rebuild the reference from the model's hub name, which for a merged upstream
         # policy is the wrong model. An explicit frozen copy of the starting weights is the reference.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -49,20 +49,9 @@ def run(ctx: StageContext) -> dict:
         eval_dataset=eval_data,
         processing_class=tokenizer,
         # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
-        peft_config=lora_config(config.lora, num_layers=model.config.num_hidden_layers) if config.lora else None,
+        peft_config=lora_config(config.lora, model=model) if config.lora else None,
         callbacks=load_callbacks(config.train.callbacks),
     )
-    skipped = len(train_data) - len(trainer.train_dataset)
-    if skipped and ctx.is_main:
-        log.warning("[%s] %d of %d training pairs were dropped by TRL's preprocessing", ctx.name, skipped,
-                    len(train_data))
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
-    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, "train_pairs": len(train_rows),
-               "train_pairs_skipped": skipped,
-               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
-    if eval_data is not None:
-        metrics.update(trainer.evaluate())
-        metrics["eval_pairs"] = len(eval_rows)
-    write_log_history(ctx, trainer.state.log_history)
+    metrics = train_and_measure(ctx, trainer, len(train_data), "pairs", len(eval_data) if eval_data else None)
     model_info = save_policy(ctx, trainer, tokenizer, source, merge=config.merge)
     return {"metrics": metrics, "model": model_info}

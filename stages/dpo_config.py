@@ -35,6 +35,9 @@ class DPOStageConfig(StageConfig):
     """Weights of the loss types when several are given."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Assumed label-noise rate (conservative DPO / robust loss)."""
+    reference: Literal["auto", "copy"] = "auto"
+    """auto: with LoRA the reference is the starting weights with the adapter disabled (no second copy); with full
+    fine-tuning a frozen copy. copy: always keep an explicit frozen copy (twice the weight memory)."""
     precompute_ref_log_probs: bool = False
     """Compute the reference log-probs once before training (the reference then never runs during training)."""
     merge: bool = False

@@ -11,12 +11,11 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from pipeline.artifacts import write_log_history
 from pipeline.context import StageContext
 from pipeline.data import preference_splits
 from pipeline.models import torch_dtype
 from pipeline.reward_model import RewardModel
-from pipeline.training import load_callbacks, lora_config, trainer_kwargs
+from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
 
 from .reward_config import RewardStageConfig
 
@@ -60,23 +59,14 @@ def run(ctx: StageContext) -> dict:
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         # The score head is new: train and save it in full next to the adapter.
-        peft_config=(lora_config(config.lora, "SEQ_CLS", ["score"], model.config.num_hidden_layers)
+        peft_config=(lora_config(config.lora, "SEQ_CLS", ["score"], model)
                      if config.lora else None),
         callbacks=load_callbacks(config.train.callbacks),
     )
-    skipped = len(train_rows) - len(trainer.train_dataset)
-    if skipped and ctx.is_main:
-        # TRL filters out pairs longer than max_length; say how many rather than hide it.
-        log.warning("[%s] %d of %d training pairs are longer than max_length=%d and are skipped", ctx.name, skipped,
-                    len(train_rows), config.max_length)
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
-    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, "train_pairs": len(train_rows),
-               "train_pairs_skipped_too_long": skipped,
-               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
+    metrics = train_and_measure(ctx, trainer, len(train_rows), "pairs")
     if eval_rows:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
         metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
-    write_log_history(ctx, trainer.state.log_history)
     _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None)
     return {"metrics": metrics, "model": {"format": "full", "task": "sequence_classification",
                                           "adapter": "adapter" if config.lora else None}}

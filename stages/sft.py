@@ -7,11 +7,11 @@ import re
 
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.artifacts import save_policy, write_log_history
+from pipeline.artifacts import save_policy
 from pipeline.context import StageContext
 from pipeline.data import load_chat_splits
 from pipeline.errors import PipelineError
-from pipeline.training import load_callbacks, lora_config, trainer_kwargs
+from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
 
 from .sft_config import SFTStageConfig
 
@@ -61,25 +61,9 @@ def run(ctx: StageContext) -> dict:
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
-        peft_config=lora_config(config.lora, num_layers=model.config.num_hidden_layers) if config.lora else None,
+        peft_config=lora_config(config.lora, model=model) if config.lora else None,
         callbacks=load_callbacks(config.train.callbacks),
     )
-    dropped = len(train_data) - len(trainer.train_dataset)
-    if dropped and ctx.is_main:
-        # TRL drops rows whose completion is cut off entirely by max_length; say how many rather than hide it.
-        log.warning("[%s] %d of %d training rows have no completion tokens left within max_length=%d and are "
-                    "skipped; raise max_length to keep them", ctx.name, dropped, len(train_data), config.max_length)
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
-    metrics = {
-        "train_loss": result.training_loss,
-        "global_step": result.global_step,
-        "train_rows": len(train_data),
-        "train_rows_skipped_too_long": dropped,
-        **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"},
-    }
-    if eval_data is not None:
-        metrics.update(trainer.evaluate())
-        metrics["eval_rows"] = len(eval_data)
-    write_log_history(ctx, trainer.state.log_history)
+    metrics = train_and_measure(ctx, trainer, len(train_data), "rows", len(eval_data) if eval_data else None)
     model_info = save_policy(ctx, trainer, tokenizer, source, merge=config.merge)
     return {"metrics": metrics, "model": model_info}

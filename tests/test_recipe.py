@@ -18,6 +18,11 @@ def problems_of(path, overrides=()) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path):
+    assert load_recipe(path).stages
+
+
 def test_tiny_recipe_is_valid():
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
     assert recipe.out_dir.as_posix() == "runs/tiny"

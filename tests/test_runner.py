@@ -227,4 +227,11 @@ def test_rows_cut_off_by_max_length_are_counted(make_recipe, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS + [long_prompt])
     run(make_recipe({"sft": sft_stage(data, steps=2, max_length=24)}))
     metrics = json.loads((tmp_path / "out" / "sft" / "metrics.json").read_text())
-    assert metrics["train_rows"] == 5 and metrics["train_rows_skipped_too_long"] == 1
+    assert metrics["train_rows"] == 5 and metrics["train_rows_skipped"] == 1
+
+
+def test_lora_layers_adapts_only_the_top_layers(make_recipe, chat_data, tmp_path):
+    run(make_recipe({"sft": sft_stage(chat_data, steps=1, lora={"layers": [-1]})}))
+    keys = load_file(tmp_path / "out" / "sft" / "adapter_model.safetensors").keys()
+    assert keys and all(".layers.1." in key for key in keys), sorted(keys)[:4]
+    assert any(key.endswith("q_proj.lora_A.weight") for key in keys) and any("mlp" in key for key in keys)
