@@ -61,6 +61,11 @@ def main() -> None:
             "sft_lora": variant("sft_lora", args.model, {"kind": "sft", "data": str(ROOT / "data_cards/movie_sft.yaml"),
                                                           "lora": lora, "max_length": args.max_length, "train": train},
                                 out),
+            # DPO's batch of 8 pairs is 16 sequences: SFT on 16 sequences isolates what the reference itself costs.
+            "sft_lora_2x_batch": variant("sft_lora_2x", args.model,
+                                         {"kind": "sft", "data": str(ROOT / "data_cards/movie_sft.yaml"), "lora": lora,
+                                          "max_length": args.max_length,
+                                          "train": {**train, "batch_size": 2 * args.batch_size}}, out),
             "dpo_lora_adapter_ref": variant("dpo_lora", args.model,
                                             {"kind": "dpo", "data": {"path": str(pairs)}, "lora": lora,
                                              "max_length": args.max_length, "train": train}, out),
