@@ -65,6 +65,7 @@ def run_pipeline(steps: int, seed: int) -> dict:
 
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pipeline", "run", "recipes/tiny.yaml", "--output-dir", out,
+                        "--only", "sft", "--set", "evaluate=null",
                         "--set", f"stages.sft.train.max_steps={steps}", "--set", f"seed={seed}",
                         "--set", "stages.sft.train.save_steps=50"],
                        cwd=ROOT, capture_output=True, text=True, check=True)
