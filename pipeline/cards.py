@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import builders
-from .data import ROLES, SUFFIXES, check_chat_rows, read_rows, sha256_file
+from .data import SUFFIXES, check_chat_rows, message_problem, read_rows, sha256_file
 from .errors import DataError, Problem, RecipeError
 from .recipe import did_you_mean, pydantic_problems, read_yaml_mapping
 from .schema import ExistingPath, Strict
@@ -312,14 +312,7 @@ def _turns_problem(value: Any, field: str) -> tuple[str, str] | None:
         return field, f"must be a string or a list of messages, got {type(value).__name__}"
     if not value:
         return field, "is an empty list"
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            return f"{field}[{i}]", "must be an object with role and content"
-        if message.get("role") not in ROLES:
-            return f"{field}[{i}].role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}"
-        if not isinstance(message.get("content"), str) or not message["content"].strip():
-            return f"{field}[{i}].content", "must be a non-empty string"
-    return None
+    return message_problem(value, field)
 
 
 def _prompt_problem(row: dict) -> tuple[str, str] | None:

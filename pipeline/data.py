@@ -122,17 +122,24 @@ def check_chat_rows(rows: list[dict], path: str) -> ChatFormat:
     return fmt
 
 
+def message_problem(messages: list, field: str) -> tuple[str, str] | None:
+    """(field, message) for the first malformed {role, content} entry of a message list, or None."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"{field}[{i}]", "must be an object with role and content"
+        if message.get("role") not in ROLES:
+            return f"{field}[{i}].role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}"
+        if not isinstance(message.get("content"), str) or not message["content"].strip():
+            return f"{field}[{i}].content", "must be a non-empty string"
+    return None
+
+
 def _messages_problem(row: dict) -> tuple[str, str] | None:
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages", "must be a non-empty list of {role, content}"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{i}]", "must be an object with role and content"
-        if message.get("role") not in ROLES:
-            return f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}"
-        if not isinstance(message.get("content"), str) or not message["content"].strip():
-            return f"messages[{i}].content", "must be a non-empty string"
+    if problem := message_problem(messages, "messages"):
+        return problem
     if not any(m["role"] == "assistant" for m in messages):
         return "messages", "has no assistant message to learn from"
     return None
