@@ -39,7 +39,13 @@ def targets(plan) -> list[str]:
     if settings is None:
         return []
     chosen = []
-    if settings.baseline:
+    # The baseline belongs to runs that start from the base model (not to `--only dpo`, say).
+    starts_from_base = any(
+        stage.action != "skip"
+        and not any(plan.recipe.stages[up].produces == "policy" for up in plan.recipe.stages[stage.name].from_)
+        for stage in plan.stages
+    )
+    if settings.baseline and starts_from_base:
         chosen.append(BASE)
     for stage in plan.stages:
         config = plan.recipe.stages[stage.name]

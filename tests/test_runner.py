@@ -219,6 +219,18 @@ def test_gold_evaluation_is_cached_apart_from_training(make_recipe, chat_data, t
     assert report.returncode == 0 and "base" in report.stdout and "sft" in report.stdout
 
 
+def test_only_a_downstream_stage_does_not_evaluate_the_base_model(make_recipe, chat_data, tmp_path):
+    from pipeline.policy_eval import targets
+
+    evaluate = {"prompts": str(ROOT / "data_cards" / "tiny_eval_prompts.yaml"), "n": 2}
+    path = make_recipe({"sft": sft_stage(chat_data), "next": {**sft_stage(chat_data), "from": "sft"}},
+                       evaluate=evaluate)
+    recipe = load_recipe(path)
+    assert targets(make_plan(recipe)) == ["base", "sft", "next"]
+    run(path, only=["sft"])
+    assert targets(make_plan(recipe, only=["next"])) == ["next"]
+
+
 def test_rows_cut_off_by_max_length_are_counted(make_recipe, tmp_path):
     from conftest import CHAT_ROWS, write_jsonl
 
