@@ -41,6 +41,18 @@ class PolicySource:
         return load_tokenizer(self.path, self.trust_remote_code, None if self.is_artifact else self.revision)
 
 
+def base_source(recipe: Recipe, base_model_path: str) -> PolicySource:
+    """The recipe's base model as a policy source."""
+    model = recipe.model
+    return PolicySource(base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
+                        model.quantization)
+
+
+def artifact_source(recipe: Recipe, path: Path) -> PolicySource:
+    """A policy stage's artifact folder as a policy source, loaded with the recipe's model settings."""
+    return PolicySource(str(path), True, recipe.model.dtype, recipe.model.trust_remote_code)
+
+
 @dataclass
 class StageContext:
     """Everything a stage may use. A stage reads upstream artifacts only through this, never another stage's code."""
@@ -85,12 +97,10 @@ class StageContext:
 
     def policy_source(self) -> PolicySource:
         """The upstream policy artifact if one is named, else the recipe's base model."""
-        model = self.recipe.model
         upstream = self.upstream_of("policy")
         if upstream is not None:
-            return PolicySource(str(upstream.path), True, model.dtype, model.trust_remote_code)
-        return PolicySource(self.base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
-                            model.quantization)
+            return artifact_source(self.recipe, upstream.path)
+        return base_source(self.recipe, self.base_model_path)
 
     def resume_checkpoint(self) -> str | None:
         """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .artifacts import Artifact
 from .atomic import write_json
-from .context import PolicySource
+from .context import PolicySource, artifact_source, base_source
 
 log = logging.getLogger("pipeline")
 
@@ -63,18 +63,16 @@ def _eval_fingerprint(model_fingerprint: str, settings, prompts_sha: str) -> str
 
 def _sources(plan, target: str) -> tuple[PolicySource, PolicySource | None, str, Path]:
     """(policy, reference or None when they are the same, model fingerprint, output folder) for a target."""
-    model = plan.recipe.model
-    base = PolicySource(plan.base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
-                        model.quantization)
+    base = base_source(plan.recipe, plan.base_model_path)
     if target == BASE:
         return base, None, plan.model_fingerprint, plan.out_dir / BASE
     stage = plan[target]
     config = plan.recipe.stages[target]
-    policy = PolicySource(str(plan.out_dir / target), True, model.dtype, model.trust_remote_code)
+    policy = artifact_source(plan.recipe, plan.out_dir / target)
     reference = base
     for up in config.from_:
         if plan.recipe.stages[up].produces == "policy":
-            reference = PolicySource(str(plan.out_dir / up), True, model.dtype, model.trust_remote_code)
+            reference = artifact_source(plan.recipe, plan.out_dir / up)
     return policy, reference, stage.fingerprint, plan.out_dir / target
 
 
