@@ -128,11 +128,23 @@ def save_policy(ctx, trainer, tokenizer, source, merge: bool = False) -> dict:
     weights it was trained on, so ``AutoPeftModelForCausalLM.from_pretrained(stage_folder)`` works outside this project
     whenever that folder is a plain model folder.
     """
+    trainer.save_model(str(ctx.out_dir))  # rank-aware: writes on the main process only
+    return _describe_policy(ctx, trainer.model, tokenizer, source, merge)
+
+
+def save_policy_model(ctx, model, tokenizer, source, merge: bool = False) -> dict:
+    """``save_policy`` for a stage that trains without a transformers Trainer: ``model`` is the unwrapped policy (a
+    peft model or full weights). Call it on every process; only the main one writes."""
+    if ctx.is_main:
+        model.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+    return _describe_policy(ctx, model, tokenizer, source, merge)
+
+
+def _describe_policy(ctx, model, tokenizer, source, merge: bool) -> dict:
+    """Tokenizer, adapter base path and merged export beside saved policy weights; the manifest's model section."""
     from peft import PeftModel
 
-    model = trainer.model
     is_adapter = isinstance(model, PeftModel)
-    trainer.save_model(str(ctx.out_dir))  # rank-aware: writes on the main process only
     info: dict = {"format": "adapter" if is_adapter else "full",
                   # the policy training started from: the KL reference of `python -m pipeline eval`
                   "start": {"path": str(source.path), "is_artifact": source.is_artifact}}

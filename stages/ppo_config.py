@@ -1,0 +1,113 @@
+"""Config of the `ppo` stage: RLHF with PPO against a learned reward model and a frozen reference (our own
+implementation on accelerate; TRL removed its PPOTrainer in 1.13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.generation import SamplingSettings
+from pipeline.schema import ExistingPath, LoraSettings, Strict, StageConfig, TrainSettings
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit", "sgd")
+
+
+class KLSettings(Strict):
+    """The per-token KL penalty that keeps the policy near the frozen reference."""
+
+    coef: float = Field(0.05, ge=0)
+    """KL coefficient (beta): each response token's reward is -coef x its KL estimate. With `target`, the
+    starting value of the adaptive controller."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the penalty: k1 = log p - log q (InstructGPT's), k2 = (log p - log q)^2 / 2,
+    k3 = (q/p - 1) - log(q/p) (never negative). The reported `kl` is always the k1 sum, the unbiased estimate."""
+    target: float | None = Field(None, gt=0)
+    """Target KL per response (nats); set it to adapt coef with Ziegler et al.'s proportional controller. None keeps
+    coef fixed."""
+    horizon: int = Field(10000, ge=1)
+    """Adaptive controller horizon, in samples: larger moves coef more slowly."""
+
+
+class PPOStageConfig(StageConfig):
+    """PPO in the style of InstructGPT / Ziegler et al.: the policy samples responses to prompts, the reward model
+    scores them, a per-token KL penalty to the frozen reference is subtracted, and clipped PPO updates the policy and
+    a value model (initialised from the reward model) on GAE advantages."""
+
+    kind: Literal["ppo"] = "ppo"
+    prompts: ExistingPath
+    """Data card of prompt-only rows (e.g. data_cards/movie_prompts.yaml); its train split is cycled through."""
+    n_prompts: int | None = Field(None, ge=1)
+    """Use only the first n_prompts prompts; default all."""
+    lora: LoraSettings | None = LoraSettings()
+    """Policy LoRA on the upstream policy; the reference is the same weights with the adapter disabled (no second
+    copy). null trains every weight and keeps an explicit frozen copy as reference."""
+    value_lora: LoraSettings | None = LoraSettings()
+    """Value-model LoRA on the reward model's backbone (value head initialised from the reward head); the reward is
+    the same weights with the adapter disabled. null trains a full copy of the reward model as the value model."""
+    train: TrainSettings = TrainSettings(learning_rate=1e-4, max_steps=100, batch_size=8, lr_scheduler="constant",
+                                         save_steps=25)
+    """Optimisation. max_steps counts PPO steps (one rollout batch each, -1 = `epochs` passes over the prompts);
+    batch_size is the micro-batch of one forward/backward pass and batch_size x gradient_accumulation_steps the
+    minibatch of one optimizer step; logging_steps/save_steps count PPO steps."""
+    rollout_batch_size: int = Field(64, ge=1)
+    """Prompts sampled per PPO step on each process; must be a multiple of the minibatch
+    (train.batch_size x train.gradient_accumulation_steps)."""
+    ppo_epochs: int = Field(4, ge=1)
+    """Passes of PPO updates over each rollout batch (each in shuffled minibatches)."""
+    sampling: SamplingSettings = SamplingSettings()
+    """How responses are sampled (max_new_tokens, temperature, ...). Log-probabilities use the same temperature, so
+    the ratio is exact when top_p is 1 and top_k is 0 (the default)."""
+    kl: KLSettings = KLSettings()
+    """KL penalty to the frozen reference."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount factor of GAE."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """Lambda of GAE (bias-variance trade-off of the advantage)."""
+    cliprange: float = Field(0.2, gt=0)
+    """Policy ratio clipping epsilon."""
+    cliprange_value: float = Field(0.2, gt=0)
+    """Value prediction clipping around the rollout values."""
+    vf_coef: float = Field(0.1, ge=0)
+    """Weight of the value loss in the total loss."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Weight of an entropy bonus (0: entropy is only logged)."""
+    score_norm: Literal["none", "running", "batch"] = "none"
+    """Normalise reward-model scores before use: running (divide by the running std of all scores so far, as in
+    Ziegler et al.), batch (centre and scale within each rollout batch), or none."""
+    score_clip: float | None = Field(None, gt=0)
+    """Clip (normalised) scores to [-score_clip, score_clip]."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards (KL penalty + score) of each rollout batch before GAE."""
+    missing_eos_penalty: float | None = Field(None, ge=0)
+    """Subtract this from the score of a response that hit max_new_tokens without ending (no EOS)."""
+    reference: Literal["auto", "copy"] = "auto"
+    """auto: with LoRA the reference is the starting weights with the adapter disabled; copy: an explicit frozen copy
+    (twice the weight memory)."""
+    sample_every: int = Field(10, ge=1)
+    """Every this many PPO steps, record sample generations (prompt, response, score, KL) in samples.jsonl and log a
+    few."""
+    merge: bool = False
+    """Also write merged full weights under merged/."""
+
+    produces: ClassVar[str] = "policy"
+    accepts: ClassVar[dict[str, bool]] = {"policy": True, "reward_model": True}
+
+    @model_validator(mode="after")
+    def _batches(self) -> "PPOStageConfig":
+        minibatch = self.train.batch_size * self.train.gradient_accumulation_steps
+        if self.rollout_batch_size % minibatch:
+            raise ValueError(
+                f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of train.batch_size x "
+                f"train.gradient_accumulation_steps ({self.train.batch_size} x "
+                f"{self.train.gradient_accumulation_steps} = {minibatch})")
+        if self.train.optim not in OPTIMIZERS:
+            raise ValueError(f"train.optim: the ppo stage supports {', '.join(OPTIMIZERS)}; got '{self.train.optim}'")
+        return self
+
+    def input_files(self) -> list[Path]:
+        return [self.prompts]
+
+
+CONFIG = PPOStageConfig

@@ -1,0 +1,147 @@
+"""The ppo stage on the tiny recipe: the reward-model score rises with KL bounded, the reference never moves, the
+artifact loads with plain transformers / peft, and an interrupted run resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from pipeline.errors import RecipeError
+from pipeline.recipe import load_recipe
+from pipeline.runner import make_plan, run_plan
+
+TINY = ROOT / "recipes" / "tiny.yaml"
+UPSTREAM = ("sft", "preferences", "reward")
+
+
+def plan_for(out: Path, *overrides: str, only=("ppo",)):
+    recipe = load_recipe(TINY, [f"output_dir={out}", "evaluate=null", *overrides])
+    return make_plan(recipe, only=list(only))
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """The tiny recipe's SFT policy, preference pairs and reward model, built once for this module."""
+    out = tmp_path_factory.mktemp("ppo-upstream")
+    run_plan(plan_for(out, only=UPSTREAM))
+    return out
+
+
+@pytest.fixture
+def out(upstream, tmp_path) -> Path:
+    """A fresh output folder holding copies of the upstream artifacts."""
+    folder = tmp_path / "out"
+    for name in UPSTREAM:
+        shutil.copytree(upstream / name, folder / name)
+    return folder
+
+
+def history(folder: Path) -> list[dict]:
+    return json.loads((folder / "log_history.json").read_text())
+
+
+def test_score_rises_while_kl_stays_bounded(out):
+    """Full fine-tuning from SFT against the tiny reward model (which learned that digits are good)."""
+    run_plan(plan_for(out))
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    steps = history(out / "ppo")
+    assert steps[0]["kl"] == 0.0, "the first rollout comes from the unchanged policy: KL to the reference is 0"
+    assert metrics["score_last"] > metrics["score_first"] + 1.0, steps
+    assert 0 < metrics["kl_last"] < 25, "the KL penalty keeps the policy near the reference"
+    assert metrics["reference_drift"] == 0.0
+    for key in ("pg_loss", "vf_loss", "entropy", "clipfrac", "approxkl", "explained_variance", "response_length",
+                "rlhf_reward", "kl_coef", "eos_fraction"):
+        assert all(key in step for step in steps), key
+    samples = [json.loads(line) for line in (out / "ppo" / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} >= {1, 10, 20} and all("response" in s and "score" in s for s in samples)
+
+    # full weights that load with plain transformers, and differ from the SFT policy
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.artifacts import load_policy
+
+    ppo = AutoModelForCausalLM.from_pretrained(out / "ppo")
+    sft = load_policy(out / "sft")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert not torch.allclose(ppo(input_ids=ids).logits, sft(input_ids=ids).logits, atol=1e-3)
+
+
+def test_lora_policy_reference_is_the_sft_policy_with_the_adapter_off(out):
+    run_plan(plan_for(out, "stages.ppo.lora={r: 4, alpha: 16, dropout: 0.0}", "stages.ppo.train.max_steps=3",
+                      "stages.ppo.train.learning_rate=3e-2", "stages.ppo.kl.target=1.0", "stages.ppo.kl.horizon=100"))
+    folder = out / "ppo"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["reference_drift"] == 0.0
+    steps = history(folder)
+    assert steps[0]["kl"] == 0.0
+    assert steps[-1]["kl_coef"] != steps[0]["kl_coef"], "the adaptive controller moved the coefficient"
+
+    from peft import PeftModel
+
+    from pipeline.artifacts import load_policy
+
+    # the tiny SFT stage leaves an unmerged adapter, so the start weights are the SFT adapter merged into its base
+    sft = load_policy(out / "sft")
+    policy = PeftModel.from_pretrained(load_policy(out / "sft"), str(folder))  # plain peft
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        tuned = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            reference = policy(input_ids=ids).logits
+        start = sft(input_ids=ids).logits
+    torch.testing.assert_close(reference, start, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(tuned, start, atol=1e-6), "the adapter learned something"
+
+
+def test_interrupted_run_resumes_to_the_same_steps(out, tmp_path, monkeypatch):
+    import stages.ppo as ppo_module
+
+    settings = ("stages.ppo.train.max_steps=4", "stages.ppo.train.save_steps=2", "stages.ppo.train.logging_steps=1")
+    clean = tmp_path / "clean"
+    shutil.copytree(out, clean)
+    run_plan(plan_for(clean, *settings))
+
+    original = ppo_module.PPORun.ppo_step
+
+    def dies_in_step_4(self):
+        if self.step == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    monkeypatch.setattr(ppo_module.PPORun, "ppo_step", dies_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan_for(out, *settings))
+    assert not (out / "ppo").exists()
+    assert [p.name for p in (out / ".work").glob("ppo-*/checkpoint-*")] == ["checkpoint-2"]
+
+    monkeypatch.setattr(ppo_module.PPORun, "ppo_step", original)
+    run_plan(plan_for(out, *settings))
+    resumed, uninterrupted = history(out / "ppo"), history(clean / "ppo")
+    assert [h["step"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(resumed, uninterrupted):
+        for key in ("score", "kl", "pg_loss", "vf_loss", "kl_coef", "response_length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    a, b = load_file(out / "ppo" / "model.safetensors"), load_file(clean / "ppo" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert not (out / ".work").exists(), "checkpoints are removed once the stage is done"
+
+
+def test_batch_sizes_that_do_not_divide_are_refused_with_the_keys_named(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(TINY, [f"output_dir={tmp_path}", "stages.ppo.rollout_batch_size=20"])
+    message = str(error.value)
+    assert "rollout_batch_size" in message and "train.batch_size" in message
+
+
+def test_ppo_needs_a_reward_stage(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(TINY, [f"output_dir={tmp_path}", "stages.ppo.from=[sft]"])
+    assert "reward" in str(error.value)

@@ -1,0 +1,124 @@
+"""PPO arithmetic against values computed by hand on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline import ppo_math as pm
+
+T = torch.tensor
+
+
+def close(actual, expected, tol=1e-6):
+    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
+                               torch.as_tensor(expected, dtype=torch.float32), rtol=0, atol=tol)
+
+
+def test_kl_estimators_by_hand_and_zero_when_policy_equals_reference():
+    logp, logq = T([-1.0, -2.0]), T([-1.5, -1.0])
+    # log ratios 0.5 and -1.0
+    close(pm.kl_penalty(logp, logq, "k1"), [0.5, -1.0])
+    close(pm.kl_penalty(logp, logq, "k2"), [0.125, 0.5])
+    # k3 = (q/p - 1) - log(q/p) with log(q/p) = -0.5 and 1.0
+    close(pm.kl_penalty(logp, logq, "k3"), [math.exp(-0.5) - 1 + 0.5, math.e - 1 - 1.0])
+    for estimator in ("k1", "k2", "k3"):
+        assert torch.equal(pm.kl_penalty(logp, logp.clone(), estimator), torch.zeros(2))
+    with pytest.raises(ValueError):
+        pm.kl_penalty(logp, logq, "k4")
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token():
+    kl = T([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    mask = T([[1, 1, 1], [1, 1, 0]])
+    rewards = pm.token_rewards(T([2.0, -1.0]), kl, kl_coef=0.5, mask=mask)
+    close(rewards, [[-0.05, -0.1, -0.15 + 2.0], [-0.2, -0.25 - 1.0, 0.0]])
+
+
+def test_gae_by_hand():
+    # gamma 1, lambda 0.5, one full-length response
+    advantages, returns = pm.gae(T([[0.0, 0.0, 1.0]]), T([[0.5, 0.2, 0.1]]), T([[1, 1, 1]]), gamma=1.0, lam=0.5)
+    # t=2: delta = 1 - 0.1 = 0.9; t=1: delta = 0.1 - 0.2 = -0.1, A = -0.1 + 0.5 * 0.9 = 0.35;
+    # t=0: delta = 0.2 - 0.5 = -0.3, A = -0.3 + 0.5 * 0.35 = -0.125
+    close(advantages, [[-0.125, 0.35, 0.9]])
+    close(returns, [[0.375, 0.55, 1.0]])
+
+
+def test_gae_ignores_padding_after_the_end():
+    # the padded position holds garbage reward 5 and value 9: the episode ends at t=1
+    advantages, returns = pm.gae(T([[0.0, 2.0, 5.0]]), T([[1.0, 1.0, 9.0]]), T([[1, 1, 0]]), gamma=0.9, lam=1.0)
+    # t=1: delta = 2 + 0.9 * 0 - 1 = 1; t=0: delta = 0 + 0.9 * 1 - 1 = -0.1, A = -0.1 + 0.9 * 1 = 0.8
+    close(advantages, [[0.8, 1.0, 0.0]])
+    close(returns, [[1.8, 2.0, 0.0]])
+
+
+def test_clipped_policy_loss_by_hand():
+    old = T([[0.0, 0.0, 0.0]])
+    new = T([[0.5, -0.5, 0.5]])  # ratios e^0.5 = 1.6487, e^-0.5 = 0.6065, 1.6487
+    advantages = T([[1.0, 1.0, -1.0]])
+    loss, stats = pm.policy_loss(new, old, advantages, T([[1, 1, 1]]), cliprange=0.2)
+    # token 1: max(-1.6487, -1.2) = -1.2 (clipped); token 2: max(-0.6065, -0.8) = -0.6065;
+    # token 3: max(1.6487, 1.2) = 1.6487 (a bad action is never clipped away)
+    close(loss, (-1.2 - math.exp(-0.5) + math.exp(0.5)) / 3)
+    close(stats["clipfrac"], 1 / 3)
+    close(stats["approxkl"], 0.125)
+    close(stats["ratio"], (2 * math.exp(0.5) + math.exp(-0.5)) / 3)
+
+
+def test_policy_loss_gradient_is_minus_advantage_at_ratio_one():
+    new = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = pm.policy_loss(new, torch.zeros(1, 2), T([[2.0, -4.0]]), T([[1, 1]]), cliprange=0.2)
+    loss.backward()
+    close(new.grad, [[-1.0, 2.0]])  # d/dlogp of mean(-A * ratio) = -A / 2
+
+
+def test_clipped_value_loss_by_hand():
+    values, old, returns = T([[1.5, 0.9]]), T([[1.0, 1.0]]), T([[2.0, 0.0]])
+    loss, stats = pm.value_loss(values, old, returns, T([[1, 1]]), cliprange_value=0.2)
+    # token 1: clipped prediction 1.2 -> max(0.25, 0.64) = 0.64; token 2: within the range -> 0.81
+    close(loss, 0.5 * (0.64 + 0.81) / 2)
+    close(stats["vf_clipfrac"], 0.5)
+
+
+def test_masked_whiten_mean_var_and_explained_variance():
+    values, mask = T([[1.0, 2.0, 3.0, 100.0]]), T([[1, 1, 1, 0]])
+    close(pm.masked_mean(values, mask), 2.0)
+    close(pm.masked_var(values, mask), 1.0)  # unbiased: (1 + 0 + 1) / 2
+    close(pm.masked_whiten(values, mask), [[-1.0, 0.0, 1.0, 0.0]], tol=1e-4)
+    close(pm.masked_whiten(values, mask, shift_mean=False), [[1.0, 2.0, 3.0, 0.0]], tol=1e-4)
+    returns = T([[1.0, 2.0, 3.0, 0.0]])
+    assert pm.explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert pm.explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
+
+
+def test_entropy_of_uniform_and_one_hot():
+    logits = torch.stack([torch.zeros(4), T([0.0, -1e9, -1e9, -1e9])])
+    close(pm.entropy_from_logits(logits), [math.log(4), 0.0], tol=1e-5)
+
+
+def test_adaptive_kl_controller_by_hand_and_fixed_controller():
+    controller = pm.AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    controller.update(current_kl=9.0, n_steps=256)  # error clipped to +0.2
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
+    controller.update(current_kl=5.4, n_steps=1000)  # error -0.1
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000) * (1 - 0.1 * 1000 / 10000))
+    restored = pm.AdaptiveKLController(1.0, 6.0, 10000)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.value == controller.value
+    fixed = pm.FixedKLController(0.05)
+    fixed.update(100.0, 64)
+    assert fixed.value == 0.05
+
+
+def test_running_moments_match_the_whole_stream():
+    torch.manual_seed(0)
+    batches = [torch.randn(7) * 3 + 1, torch.randn(5), torch.randn(11) * 0.5 - 2]
+    moments = pm.RunningMoments()
+    for batch in batches:
+        moments.update(batch)
+    everything = torch.cat(batches).double()
+    assert moments.count == 23
+    assert moments.mean == pytest.approx(everything.mean().item())
+    assert moments.std == pytest.approx(everything.std(unbiased=False).item())
