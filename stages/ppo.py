@@ -591,7 +591,18 @@ class PPORun:
             for key in ("score", "kl", "rlhf_reward", "entropy", "response_length"):
                 metrics[f"{key}_last"] = sum(h[key] for h in last) / len(last)
         metrics["reference_drift"] = self._reference_drift()
+        metrics["rollout_prompts_per_step"] = self.config.rollout_batch_size * self.world
+        metrics["world_size"] = self.world
+        if self.world > 1:
+            metrics["replica_max_diff"] = self._replica_difference()
         return metrics
+
+    def _replica_difference(self) -> float:
+        """Largest difference between the processes' copies of the trained weights (data-parallel training keeps
+        them identical; anything else means the ranks trained apart)."""
+        flat = torch.cat([p.detach().float().flatten() for p in self.parameters]).to(self.accelerator.device)
+        everyone = self.accelerator.gather(flat[None])
+        return (everyone - everyone[0]).abs().max().item()
 
     def _reference_drift(self) -> float | None:
         """Largest change in the reference's log-probs of the first rollout between then and now: the reference is

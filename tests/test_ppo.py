@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from pipeline.errors import RecipeError
 from pipeline.recipe import load_recipe
 from pipeline.runner import make_plan, run_plan
@@ -145,3 +145,18 @@ def test_ppo_needs_a_reward_stage(tmp_path):
     with pytest.raises(RecipeError) as error:
         load_recipe(TINY, [f"output_dir={tmp_path}", "stages.ppo.from=[sft]"])
     assert "reward" in str(error.value)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_run_one_data_parallel_ppo(out, monkeypatch):
+    from test_multiprocess import ACCELERATE
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_cli("run", str(TINY), "--only", "ppo", "--set", f"output_dir={out}", "--set", "evaluate=null",
+                     "--set", "stages.ppo.train.max_steps=3", "--set", "stages.ppo.rollout_batch_size=16",
+                     launcher=ACCELERATE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["rollout_prompts_per_step"] == 32
+    assert metrics["replica_max_diff"] == 0.0, "gradients were averaged: both ranks hold the same weights"
+    assert metrics["global_step"] == 3
