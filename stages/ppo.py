@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from accelerate.utils import DistributedType
 
 from pipeline import ppo_math
 from pipeline.artifacts import save_policy_model, write_log_history
@@ -189,17 +192,6 @@ class PPORun:
         self.config: PPOStageConfig = ctx.config
         config = self.config
         self.prompts = self._load_prompts()
-        flags = precision_flags(config.train.precision)
-        from accelerate.state import AcceleratorState
-
-        # An earlier stage's Trainer may have fixed other mixed-precision settings in this process; the process group
-        # (PartialState) is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = Accelerator(cpu=not on_gpu(), gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-                                       mixed_precision="bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "no")
-        self.world = self.accelerator.num_processes
-        self.rank = self.accelerator.process_index
-
         reward_path = ctx.upstream_of("reward_model").path
         source = ctx.policy_source()
         self.source = source
@@ -212,8 +204,13 @@ class PPORun:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
         from trl.trainer.utils import disable_dropout_in_model
 
+        # A live ZeRO-3 config (from an earlier stage's Trainer) would make from_pretrained partition the weights as
+        # they load, and merging the upstream adapters or wrapping LoRA then fails: load whole, and let
+        # DeepSpeed partition them when the Accelerator prepares the model.
+        unset_hf_deepspeed_config()
         policy = source.load()
         reward = AutoModelForSequenceClassification.from_pretrained(
             reward_path, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))
@@ -244,6 +241,22 @@ class PPORun:
         self.reward_tokenizer = reward_tokenizer
         self._gradient_checkpointing(policy, value)
 
+        flags = precision_flags(config.train.precision)
+        from accelerate.state import AcceleratorState
+
+        # Created after the models are loaded (see above). An earlier stage's Trainer may have fixed other
+        # mixed-precision settings in this process; the process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        # Under a DeepSpeed launch the Accelerator must not be told cpu=True (accelerate then drops DeepSpeed); on a
+        # CPU-only machine it runs on the CPU over the gloo group the runner created anyway.
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        self.accelerator = Accelerator(cpu=not on_gpu() and not deepspeed,
+                                       gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+                                       mixed_precision="bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "no")
+        self._fill_deepspeed_config()
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+
         model = PolicyAndValue(policy, value)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(config, self.parameters)
@@ -273,6 +286,20 @@ class PPORun:
         self.first_rollout: tuple[list[Completion], torch.Tensor] | None = None
 
     # -- setup helpers ---------------------------------------------------------------------------------------------
+
+    def _fill_deepspeed_config(self) -> None:
+        """Fill the "auto" batch entries of a DeepSpeed config (accelerate fills them from a prepared dataloader, and
+        PPO has none)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        train = self.config.train
+        plugin.deepspeed_config.update({
+            "train_micro_batch_size_per_gpu": train.batch_size,
+            "gradient_accumulation_steps": train.gradient_accumulation_steps,
+            "train_batch_size": train.batch_size * train.gradient_accumulation_steps * self.accelerator.num_processes,
+            "gradient_clipping": train.max_grad_norm,
+        })
 
     @property
     def _minibatch(self) -> int:
@@ -446,7 +473,7 @@ class PPORun:
         prompts, completions = self._rollout()
         generated = time.perf_counter()
         rollout = self._score_rollout(prompts, completions)
-        if self.first_rollout is None and self.rank == 0:
+        if self.first_rollout is None:
             self.first_rollout = (completions[: config.train.batch_size],
                                   rollout["ref_logprobs"][: config.train.batch_size].clone())
         raw_scores = rollout["scores"]
@@ -498,7 +525,6 @@ class PPORun:
                 "scheduler": self.scheduler.state_dict()}
 
     def save_checkpoint(self) -> None:
-        from accelerate.utils import DistributedType
         from safetensors.torch import save_file
 
         work = self.ctx.work_dir
@@ -525,7 +551,6 @@ class PPORun:
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> None:
-        from accelerate.utils import DistributedType
         from safetensors.torch import load_file
 
         found = sorted((p for p in self.ctx.work_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists()),
@@ -593,7 +618,8 @@ class PPORun:
         metrics["reference_drift"] = self._reference_drift()
         metrics["rollout_prompts_per_step"] = self.config.rollout_batch_size * self.world
         metrics["world_size"] = self.world
-        if self.world > 1:
+        metrics["distributed_type"] = str(self.accelerator.distributed_type.value)
+        if self.world > 1 and self.accelerator.distributed_type != DistributedType.DEEPSPEED:
             metrics["replica_max_diff"] = self._replica_difference()
         return metrics
 
@@ -606,30 +632,35 @@ class PPORun:
 
     def _reference_drift(self) -> float | None:
         """Largest change in the reference's log-probs of the first rollout between then and now: the reference is
-        frozen, so this must be 0 (reported, and warned about otherwise)."""
+        frozen, so this must be 0 (reported, and warned about otherwise). Collective: every rank must call it."""
         if self.first_rollout is None:
             return None
+        from trl.models.utils import unwrap_model_for_generation
+
         completions, before = self.first_rollout
-        with torch.no_grad():
-            unwrapped = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             unwrapped.eval()
             batch = Rollout.pack(completions, self.pad_id, self.accelerator.device)
             after = self._reference_logprobs(unwrapped.policy, batch) * batch.response_mask
         width = min(before.shape[1], after.shape[1])
-        drift = (before[:, :width] - after[:, :width]).abs().max().item()
+        drift = max(self.accelerator.gather(
+            (before[:, :width] - after[:, :width]).abs().max().reshape(1).to(self.accelerator.device)).tolist())
         if drift > 1e-4:
             log.warning("[%s] the reference moved during training (max log-prob change %.2e)", self.ctx.name, drift)
         return drift
 
     def save(self) -> dict:
+        from trl.models.utils import unwrap_model_for_generation
+
         ctx = self.ctx
-        policy = self.accelerator.unwrap_model(self.model).policy
         if ctx.is_main:
             write_log_history(ctx, self.history)
             with (ctx.out_dir / SAMPLES_FILE).open("w") as handle:
                 for row in self.samples:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return save_policy_model(ctx, policy, self.tokenizer, self.source, merge=self.config.merge)
+        # Under ZeRO-3 every rank holds a shard of each weight: gather them for saving.
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            return save_policy_model(ctx, unwrapped.policy, self.tokenizer, self.source, merge=self.config.merge)
 
 
 def _frozen_copy(model):
