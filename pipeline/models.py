@@ -137,11 +137,31 @@ def load_causal_lm(
         extra = {"quantization_config": quantization_config(quantization, dtype),
                  "device_map": None if torch.cuda.is_available() else "cpu"}
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, revision=revision, **extra
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a causal LM from {path}: {exc}") from None
+    if quantization == "4bit":
+        keep_4bit_trainable_on_cpu(model)
+    return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """Work around a bitsandbytes bug on CPUs with AVX512-BF16: the first eval-mode no-grad forward through a
+    ``Linear4bit`` repacks its weight for CPU inference for good, after which backward runs through a kernel without
+    autograd and LoRA gradients silently become None. Turning the repacking off keeps QLoRA training correct (at some
+    cost to CPU inference speed). Returns how many layers were changed."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 def read_json(path: Path) -> dict:

@@ -1,0 +1,49 @@
+"""QLoRA on CPU: LoRA on a 4-bit nf4 base trains, with gradients equal to those of the dequantised dense model."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.models import load_causal_lm
+from pipeline.tiny_model import tiny_llama_path
+
+
+def lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    # random B as well as A (peft's default B = 0 would make every A gradient 0)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                            init_lora_weights=False))
+
+
+def test_lora_gradients_on_a_4bit_base_are_nonzero_and_match_the_dequantised_model():
+    import bitsandbytes as bnb
+
+    path = str(tiny_llama_path())
+    quantised = load_causal_lm(path, "float32", quantization="4bit")
+    dense = load_causal_lm(path, "float32")
+    layers = [(name, m) for name, m in quantised.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers
+    for name, module in layers:
+        weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        dense.get_submodule(name).weight.data.copy_(weight)
+    quantised, dense = lora(quantised), lora(dense)
+    adapter = {n: p for n, p in quantised.state_dict().items() if "lora_" in n}
+    dense.load_state_dict(adapter, strict=False)  # the same adapter weights
+
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79]])
+    # An eval-mode no-grad pass first: on AVX512-BF16 CPUs this is what used to break backward for good.
+    for model in (quantised, dense):
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    grads = {n: p.grad for n, p in quantised.named_parameters() if p.requires_grad}
+    reference = {n: p.grad for n, p in dense.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for g in grads.values()), "every LoRA weight gets a gradient"
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)
