@@ -110,7 +110,9 @@ def load_policy(path: Path, dtype: str = "auto", trust_remote_code: bool = False
         base_model = load_policy(Path(base), dtype, trust_remote_code)
     else:
         base_model = load_causal_lm(base, dtype, trust_remote_code)
-    return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    # peft froze the base weights to train the adapter; a loaded policy is trainable like any freshly loaded model
+    return merged.requires_grad_(True)
 
 
 def write_log_history(ctx, history: list[dict]) -> None:

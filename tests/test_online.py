@@ -1,0 +1,189 @@
+"""The online RL stages (grpo, rloo, on TRL's trainers) from the tiny SFT policy and reward model of
+recipes/online.yaml: the policy moves away from SFT while the reference stays SFT, the adapter loads with plain peft,
+TRL's reward and KL figures reach metrics.json, and batch sizes that cannot hold whole groups are refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from pipeline.errors import RecipeError
+from pipeline.recipe import load_recipe
+from pipeline.runner import make_plan, run_plan
+
+ONLINE = ROOT / "recipes" / "online.yaml"
+UPSTREAM = ("sft", "preferences", "reward")
+KINDS = ("grpo", "rloo")
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+
+def plan_for(out: Path, *overrides: str, only=KINDS):
+    recipe = load_recipe(ONLINE, [f"output_dir={out}", "evaluate=null", *overrides])
+    return make_plan(recipe, only=list(only))
+
+
+def short(kind: str, steps: int = 4) -> list[str]:
+    return [f"stages.{kind}.train.max_steps={steps}", f"stages.{kind}.train.logging_steps=1",
+            f"stages.{kind}.train.save_steps=100"]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """The recipe's SFT policy (an unmerged LoRA adapter), preference pairs and reward model, built once."""
+    out = tmp_path_factory.mktemp("online-upstream")
+    run_plan(plan_for(out, only=UPSTREAM))
+    return out
+
+
+@pytest.fixture
+def out(upstream, tmp_path) -> Path:
+    """A fresh output folder holding copies of the upstream artifacts."""
+    folder = tmp_path / "out"
+    for name in UPSTREAM:
+        shutil.copytree(upstream / name, folder / name)
+    return folder
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def logged(folder: Path) -> list[dict]:
+    """The training steps of log_history.json (the final summary row has no reward)."""
+    return [row for row in json.loads((folder / "log_history.json").read_text()) if "reward" in row]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_policy_moves_off_sft_and_reloads_with_plain_peft(out, kind):
+    run_plan(plan_for(out, f"stages.{kind}.lora={{r: 4, alpha: 16, dropout: 0.0}}",
+                      f"stages.{kind}.train.learning_rate=3e-2", *short(kind), only=(kind,)))
+    folder = out / kind
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["format"] == "adapter" and manifest["model"]["base"] == str((out / "sft").resolve())
+
+    # TRL's per-step reward and KL figures, in the log and summarised in metrics.json
+    steps = logged(folder)
+    assert [row["step"] for row in steps] == [1, 2, 3, 4]
+    for row in steps:
+        # the reward function is the reward stage's model, named after its folder
+        assert row["rewards/reward/mean"] == pytest.approx(row["reward"]) and "kl" in row and "entropy" in row
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["train_prompts"] == 64
+    for key in ("reward_first", "reward_last", "reward_mean", "reward_std_last", "kl_first", "kl_last", "kl_mean",
+                "entropy_last", "completion_mean_length_last", "step_time_mean"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["reward_first"] == steps[0]["reward"] and metrics["kl_last"] == steps[-1]["kl"]
+    # the first samples come from the unchanged policy (fresh adapter): KL to the reference is 0, then it grows
+    assert abs(metrics["kl_first"]) < 1e-6 and metrics["kl_last"] > 0
+
+    from peft import PeftModel
+
+    from pipeline.artifacts import load_policy
+
+    # the tiny recipe's SFT stage leaves an unmerged adapter: the start weights are it merged into the base model
+    policy = PeftModel.from_pretrained(load_policy(out / "sft"), str(folder))  # plain peft
+    tuned, start = logits(policy), logits(load_policy(out / "sft"))
+    with policy.disable_adapter():
+        torch.testing.assert_close(logits(policy), start, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(tuned, start, atol=1e-5), "the adapter learned something"
+    torch.testing.assert_close(logits(load_policy(folder)), tuned, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_fine_tuning_keeps_the_sft_policy_as_reference(out, kind):
+    """As in recipes/online.yaml: full weights. TRL rebuilds the reference from the policy's name_or_path, which must be
+    the SFT policy (not the base model the SFT adapter sits on): the KL of the very first step is then exactly 0."""
+    run_plan(plan_for(out, *short(kind, steps=3), only=(kind,)))
+    folder = out / kind
+    assert json.loads((folder / "manifest.json").read_text())["model"]["format"] == "full"
+    steps = logged(folder)
+    assert steps[0]["kl"] == 0.0 and steps[-1]["kl"] > 0, steps
+
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.artifacts import load_policy
+
+    policy = AutoModelForCausalLM.from_pretrained(folder)
+    assert not torch.allclose(logits(policy), logits(load_policy(out / "sft")), atol=1e-4)
+
+
+def test_without_a_kl_term_there_is_no_reference_and_every_weight_still_trains(out):
+    """beta 0 (TRL's GRPO default): no reference model and no `kl` in the logs. The SFT adapter merged into its base
+    comes back from peft frozen; full fine-tuning must train it all the same."""
+    run_plan(plan_for(out, "stages.grpo.beta=0", *short("grpo", steps=2), only=("grpo",)))
+    folder = out / "grpo"
+    assert all("kl" not in row for row in logged(folder))
+    assert "kl_last" not in json.loads((folder / "metrics.json").read_text())
+
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.artifacts import load_policy
+
+    policy = AutoModelForCausalLM.from_pretrained(folder)
+    assert not torch.allclose(logits(policy), logits(load_policy(out / "sft")), atol=1e-4)
+
+
+def test_trl_scores_the_text_the_reward_stage_trained_on(upstream):
+    """GRPO/RLOO render (prompt, completion) through the reward tokenizer's chat template; the token ids must be those
+    the reward stage trained and evaluated on (pipeline.reward_model)."""
+    from trl.data_utils import apply_chat_template
+
+    from pipeline.reward_model import RewardModel
+
+    scorer = RewardModel.from_pretrained(upstream / "reward")
+    prompts, completions = ["What is 2 plus 2?", "Say the number 5."], ["2 + 2 = 4.", "five"]
+    for prompt, completion in zip(prompts, completions):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        text = apply_chat_template({"messages": messages}, scorer.tokenizer)["text"]
+        assert scorer.tokenizer(text, add_special_tokens=False)["input_ids"] == scorer.token_ids([prompt],
+                                                                                                 [completion])[0]
+
+
+# --- validation ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_that_cannot_hold_whole_groups_is_refused_naming_the_keys(kind):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(ONLINE, [f"stages.{kind}.train.batch_size=6"])
+    (problem,) = info.value.problems
+    assert problem.where == f"stages.{kind}.num_generations"
+    assert "train.batch_size x train.gradient_accumulation_steps (6 x 1 = 6)" in problem.message
+    assert "multiple of num_generations (4)" in problem.message
+    with pytest.raises(RecipeError, match="greater than or equal to 2"):
+        load_recipe(ONLINE, [f"stages.{kind}.num_generations=1"])
+    # gradient accumulation and more processes count towards the step's batch
+    load_recipe(ONLINE, [f"stages.{kind}.train.batch_size=2", f"stages.{kind}.train.gradient_accumulation_steps=2"])
+
+
+def test_processes_count_towards_the_batch(monkeypatch):
+    with pytest.raises(RecipeError):
+        load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"])
+    with pytest.raises(RecipeError, match=r"\(3 x 1 x 2 processes = 6\)"):
+        load_recipe(ONLINE, ["stages.grpo.train.batch_size=3"])
+
+
+def test_online_recipe_validates_and_a_bad_batch_names_the_key():
+    result = run_cli("validate", "recipes/online.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "sft -> preferences -> reward -> grpo -> rloo" in result.stdout
+    result = run_cli("validate", "recipes/online.yaml", "--set", "stages.rloo.num_generations=3")
+    assert result.returncode == 2
+    assert "stages.rloo.num_generations: train.batch_size x train.gradient_accumulation_steps (16 x 1 = 16)" in (
+        result.stdout + result.stderr)
+
+
+def test_online_stages_need_a_reward_stage_and_prompts():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(ONLINE, ["stages.grpo.from=sft", "stages.rloo.prompts=nowhere.yaml"])
+    problems = {str(p) for p in info.value.problems}
+    assert "stages.grpo.from: a grpo stage needs a reward_model stage upstream" in problems
+    assert any(p.startswith("stages.rloo.prompts: file not found: nowhere.yaml") for p in problems), problems
