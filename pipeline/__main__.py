@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "trainable parameters and a rough memory estimate per stage.")
     _recipe_args(plan)
     _selection_args(plan)
+    plan.add_argument("--launch", metavar="ACCELERATE_CONFIG",
+                      help="estimate memory per process under this accelerate config (e.g. launch/gpu_zero3.yaml: "
+                           "DeepSpeed ZeRO shards optimizer state, gradients and weights over its processes); "
+                           "default: one process")
 
     evaluate = commands.add_parser(
         "eval", help="gold-evaluate a policy artifact or a model on held-out prompts",
@@ -137,10 +141,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .estimate import estimate
+    from .estimate import Layout, estimate
     from .recipe import load_recipe
     from .runner import make_plan
 
+    layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
     print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
@@ -153,13 +158,15 @@ def cmd_plan(args) -> int:
         config = recipe.stages[stage.name]
         est = None
         if stage.action != "skip":
-            est = estimate(plan.base_model_path, config, dtype, recipe.model.trust_remote_code)
+            est = estimate(plan.base_model_path, config, dtype, recipe.model.trust_remote_code, layout,
+                           recipe.model.quantization if not config.from_ else None)
         params = f"{est.parameters:,}" if est else "-"
         trainable = f"{est.trainable:,}" if est else "-"
         memory = f"{est.memory_gib:.2f}" if est else "-"
         print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action:<8}"
               f"{params:>12}{trainable:>12}{memory:>9}  {stage.reason}")
-    print("\nmemory: weights + optimizer state + activations of one micro-batch per process; a rough planning figure.")
+    print(f"\nmemory per process ({layout.describe()}): weights + gradients + optimizer state + activations of one "
+          "micro-batch; a rough planning figure.")
     return 0
 
 

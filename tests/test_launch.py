@@ -41,3 +41,32 @@ def test_accelerate_reads_the_config(path: Path):
 
 def test_slurm_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(ROOT / "launch" / "slurm.sh")]).returncode == 0
+
+
+def test_plan_estimates_memory_per_process_for_each_launch_config():
+    from pipeline.estimate import Layout, estimate
+    from pipeline.recipe import load_recipe
+    from pipeline.tiny_model import tiny_llama_path
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    reward = recipe.stages["reward"]  # full fine-tuning: weights, gradients and Adam state all count
+    model = str(tiny_llama_path())
+
+    def memory(config: str | None) -> float:
+        layout = Layout.from_launch_file(ROOT / "launch" / config) if config else Layout()
+        return estimate(model, reward, "float32", layout=layout).memory_gib
+
+    assert Layout.from_launch_file(ROOT / "launch" / "gpu_zero3_offload.yaml") == Layout(8, 3, True, True)
+    assert memory("cpu_2proc.yaml") == memory(None), "DDP replicates everything"
+    assert memory(None) > memory("cpu_2proc_zero2.yaml") > memory("cpu_2proc_zero3.yaml")
+    assert memory("gpu_zero3.yaml") > memory("gpu_zero3_offload.yaml")
+
+
+def test_plan_command_takes_a_launch_config():
+    from conftest import run_cli
+
+    result = run_cli("plan", "recipes/tiny.yaml", "--launch", "launch/gpu_zero3.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 processes, DeepSpeed ZeRO-3" in result.stdout
+    bad = run_cli("plan", "recipes/tiny.yaml", "--launch", "launch/missing.yaml")
+    assert bad.returncode != 0 and "launch/missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
