@@ -179,7 +179,10 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
+    from .training import shutdown_distributed
+
     results = run_plan(plan, keep_checkpoints=args.keep_checkpoints)
+    shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         for name, metrics in results.items():
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()

@@ -152,9 +152,11 @@ def _check_upstreams_ready(plan: Plan) -> None:
 
 def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
     """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk)."""
-    from .training import distributed_state
+    from .training import announce_deepspeed_build, distributed_state
 
     state = distributed_state()
+    if state.is_main_process:
+        announce_deepspeed_build(log)
     evaluate = set(targets(plan))
     if BASE in evaluate:
         run_evaluations(plan, state, [BASE])

@@ -34,6 +34,27 @@ def distributed_state():
     return PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group in step with the other ranks. A rank that exits while others still use the group can
+    abort ("terminate called without an active exception"), turning a finished run into a failed launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def announce_deepspeed_build(log) -> None:
+    """DeepSpeed compiles its CPU communication op the first time it runs on a machine (about 45 s on 2 cores, then
+    cached); say so instead of appearing to hang."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or on_gpu():
+        return
+    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if not any(cache.glob("*/deepspeed_shm_comm*")):
+        log.warning("DeepSpeed will now compile its CPU communication op (about a minute, once per machine; cached "
+                    "in %s)", cache)
+
+
 def precision_flags(precision: str) -> dict:
     """bf16/fp16 flags for TrainingArguments. TRL defaults to bf16=True, which fails on CPU, so always say."""
     import torch
