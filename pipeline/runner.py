@@ -152,7 +152,7 @@ def _check_upstreams_ready(plan: Plan) -> None:
 
 def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
     """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk)."""
-    from .training import announce_deepspeed_build, distributed_state
+    from .training import announce_deepspeed_build, distributed_state, forget_deepspeed_config
 
     state = distributed_state()
     if state.is_main_process:
@@ -165,6 +165,7 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
         final = plan.out_dir / stage.name
         if stage.action == "skip":
             continue
+        forget_deepspeed_config()
         if stage.action == "cached":
             if state.is_main_process:
                 log.info("[%s] cached (%s)", stage.name, final)
@@ -172,6 +173,7 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
         else:
             results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
         if stage.name in evaluate:
+            forget_deepspeed_config()
             run_evaluations(plan, state, [stage.name])
     state.wait_for_everyone()
     return results
@@ -234,6 +236,7 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
             "lineage": _lineage(upstream),
             "seed": recipe.seed,
             "world_size": state.num_processes,
+            "distributed_type": _distributed_type(),
             "wall_time_s": round(wall, 3),
             "import_time_s": round(import_time, 3),
             "started_at": started.isoformat(),
@@ -254,6 +257,15 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         log.info("[%s] done in %.1f s -> %s", name, wall, final)
     state.wait_for_everyone()
     return metrics
+
+
+def _distributed_type() -> str | None:
+    """How the stage's training was distributed (NO, MULTI_GPU for DDP, DEEPSPEED, ...), as accelerate set it up for
+    the stage's trainer: a launch config that asked for DeepSpeed but did not get it shows here."""
+    from accelerate.state import AcceleratorState
+
+    kind = AcceleratorState._shared_state.get("distributed_type")
+    return getattr(kind, "value", None)
 
 
 def _lineage(upstream: dict[str, Artifact]) -> list[dict]:

@@ -44,6 +44,18 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def forget_deepspeed_config() -> None:
+    """Drop the DeepSpeed config an earlier stage's trainer registered with transformers in this process.
+
+    Left in place, a ZeRO-3 config makes every later ``from_pretrained`` partition the weights as they load
+    (zero.Init, a collective): a main-process-only load (sampling preferences, gold evaluation) then waits forever for
+    the other ranks, and merging upstream adapters fails on the partitioned weights. Stages load models whole; the
+    trainer's DeepSpeed engine partitions them when it prepares the model."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
 def announce_deepspeed_build(log) -> None:
     """DeepSpeed compiles its CPU communication op the first time it runs on a machine (about 45 s on 2 cores, then
     cached); say so instead of appearing to hang."""

@@ -204,13 +204,10 @@ class PPORun:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
         from trl.trainer.utils import disable_dropout_in_model
 
-        # A live ZeRO-3 config (from an earlier stage's Trainer) would make from_pretrained partition the weights as
-        # they load, and merging the upstream adapters or wrapping LoRA then fails: load whole, and let
-        # DeepSpeed partition them when the Accelerator prepares the model.
-        unset_hf_deepspeed_config()
+        # Loaded whole (the runner drops any earlier stage's ZeRO-3 config first); DeepSpeed partitions the weights
+        # when the Accelerator prepares the model.
         policy = source.load()
         reward = AutoModelForSequenceClassification.from_pretrained(
             reward_path, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))

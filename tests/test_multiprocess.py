@@ -28,3 +28,26 @@ def test_two_cpu_processes_train_one_model(make_recipe, tmp_path, monkeypatch):
     assert manifest["world_size"] == 2
     # 4 steps x 2 rows x 2 processes = 16 rows = 2 epochs of 8 rows: only true if the ranks shared the data.
     assert metrics["epoch"] == pytest.approx(2.0)
+
+
+CHAIN_CUTS = ["--set", "evaluate=null", "--set", "stages.sft.train.max_steps=6", "--set",
+              "stages.reward.train.max_steps=6", "--set", "stages.dpo.train.max_steps=4", "--set",
+              "stages.ppo.train.max_steps=2", "--set", "stages.ppo.rollout_batch_size=16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cpu_2proc_zero2.yaml", "cpu_2proc_zero3.yaml"])
+def test_every_stage_of_the_tiny_recipe_runs_under_deepspeed(tmp_path, monkeypatch, config):
+    """sft, preferences, reward, dpo and ppo, unchanged, under DeepSpeed ZeRO-2 / ZeRO-3 with 2 CPU processes."""
+    launcher = list(ACCELERATE)
+    launcher[launcher.index("--config_file") + 1] = str(ROOT / "launch" / config)
+    launcher[launcher.index("--main_process_port") + 1] = "29535"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "out"
+    result = run_cli("run", "recipes/tiny.yaml", "--set", f"output_dir={out}", *CHAIN_CUTS, launcher=launcher,
+                     timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("sft", "reward", "dpo", "ppo"):
+        manifest = json.loads((out / stage / "manifest.json").read_text())
+        assert (manifest["world_size"], manifest["distributed_type"]) == (2, "DEEPSPEED"), stage
+    assert (out / "preferences" / "pairs.jsonl").stat().st_size > 0
