@@ -31,7 +31,15 @@ def distributed_state():
     from accelerate import PartialState
 
     cpu = not on_gpu()
-    return PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
+    state = PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
+    if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # accelerate only starts DeepSpeed's communication layer off the CPU; DeepSpeed code that runs before an
+        # engine exists (ZeRO-3's zero.Init, used by TRL to load reference models) would otherwise see one process.
+        import deepspeed.comm as ds_comm
+
+        if not ds_comm.is_initialized():
+            ds_comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+    return state
 
 
 def shutdown_distributed() -> None:

@@ -36,9 +36,12 @@ CHAIN_CUTS = ["--set", "evaluate=null", "--set", "stages.sft.train.max_steps=6",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["cpu_2proc_zero2.yaml", "cpu_2proc_zero3.yaml"])
-def test_every_stage_of_the_tiny_recipe_runs_under_deepspeed(tmp_path, monkeypatch, config):
-    """sft, preferences, reward, dpo and ppo, unchanged, under DeepSpeed ZeRO-2 / ZeRO-3 with 2 CPU processes."""
+@pytest.mark.parametrize("config, distributed", [("cpu_2proc.yaml", "MULTI_CPU"),
+                                                 ("cpu_2proc_zero2.yaml", "DEEPSPEED"),
+                                                 ("cpu_2proc_zero3.yaml", "DEEPSPEED")])
+def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, config, distributed):
+    """sft, preferences, reward, dpo, ppo (tiny.yaml) and grpo, rloo (online.yaml), unchanged, with 2 CPU processes
+    under DDP, DeepSpeed ZeRO-2 and ZeRO-3."""
     launcher = list(ACCELERATE)
     launcher[launcher.index("--config_file") + 1] = str(ROOT / "launch" / config)
     launcher[launcher.index("--main_process_port") + 1] = "29535"
@@ -47,7 +50,12 @@ def test_every_stage_of_the_tiny_recipe_runs_under_deepspeed(tmp_path, monkeypat
     result = run_cli("run", "recipes/tiny.yaml", "--set", f"output_dir={out}", *CHAIN_CUTS, launcher=launcher,
                      timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("sft", "reward", "dpo", "ppo"):
+    # online.yaml's sft, preferences and reward are tiny.yaml's: with the same cuts they are the artifacts just built
+    online = run_cli("run", "recipes/online.yaml", "--only", "grpo", "--only", "rloo", "--set", f"output_dir={out}",
+                     *CHAIN_CUTS[:6], "--set", "stages.grpo.train.max_steps=2", "--set",
+                     "stages.rloo.train.max_steps=2", launcher=launcher, timeout=900)
+    assert online.returncode == 0, online.stderr[-3000:]
+    for stage in ("sft", "reward", "dpo", "ppo", "grpo", "rloo"):
         manifest = json.loads((out / stage / "manifest.json").read_text())
-        assert (manifest["world_size"], manifest["distributed_type"]) == (2, "DEEPSPEED"), stage
+        assert (manifest["world_size"], manifest["distributed_type"]) == (2, distributed), stage
     assert (out / "preferences" / "pairs.jsonl").stat().st_size > 0
