@@ -106,7 +106,7 @@ def build_setup(work: Path, seed: int) -> Path:
     run([sys.executable, "-m", "pipeline", "run", "recipes/tiny.yaml", "--only", "sft", "--only", "preferences",
          "--only", "reward", "--set", f"output_dir={setup}", "--set", "evaluate=null", "--set", f"seed={seed}"],
         f"tiny setup (seed {seed})")
-    export = f"""
+    export = """
 import json, sys
 from pathlib import Path
 from transformers import AutoTokenizer
@@ -120,7 +120,7 @@ tokenizer.save_pretrained(setup / "trl-inputs" / "policy")
 prompts = [row["prompt"] for row in card_splits(load_card(card), card)["train"]]
 with open(setup / "trl-inputs" / "prompts.jsonl", "w") as handle:
     for prompt, rendered in zip(prompts, render_prompts(tokenizer, prompts)):
-        handle.write(json.dumps({{"prompt": prompt, "rendered": rendered}}) + "\\n")
+        handle.write(json.dumps({"prompt": prompt, "rendered": rendered}) + "\\n")
 """
     run([sys.executable, "-c", export, str(setup), "data_cards/tiny_prompts.yaml"], "exporting the merged SFT policy")
     return setup

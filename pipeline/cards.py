@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import builders
 from .data import SUFFIXES, check_chat_rows, message_problem, read_rows, sha256_file
-from .errors import DataError, Problem, RecipeError
+from .errors import DataError, RecipeError
 from .recipe import did_you_mean, pydantic_problems, read_yaml_mapping
 from .schema import ExistingPath, Strict
 

@@ -165,3 +165,36 @@ def summarise(history: list[dict]) -> dict:
             summary.update({f"{name}_first": values[0], f"{name}_last": values[-1],
                             f"{name}_mean": sum(values) / len(values)})
     return summary
+
+
+def train_online(ctx, config: OnlineStageConfig, config_class, trainer_class, **method_args) -> dict:
+    """Run TRL's ``trainer_class`` (GRPOTrainer or RLOOTrainer) for an online stage and save the policy; returns the
+    stage's result. ``method_args`` are the method's own config fields (e.g. GRPO's loss_type)."""
+    from .artifacts import save_policy
+    from .training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
+
+    train_data = prompt_dataset(config)
+    source = ctx.policy_source()
+    tokenizer, model = source.tokenizer(), start_policy(ctx, config)
+    scorer, scorer_tokenizer = reward_model(ctx)
+    args = config_class(
+        **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=False),
+        **config.sampling_kwargs(),
+        **method_args,
+    )
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=[scorer],
+        args=args,
+        train_dataset=train_data,
+        processing_class=tokenizer,
+        # The reward model reads prompt + completion through its own tokenizer's chat template, as it was trained.
+        reward_processing_classes=[scorer_tokenizer],
+        # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
+        peft_config=lora_config(config.lora, model=model) if config.lora else None,
+        callbacks=load_callbacks(config.train.callbacks),
+    )
+    metrics = train_and_measure(ctx, trainer, len(train_data), "prompts")
+    metrics.update(summarise(trainer.state.log_history))
+    model_info = save_policy(ctx, trainer, tokenizer, source, merge=config.merge)
+    return {"metrics": metrics, "model": model_info}

@@ -22,7 +22,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -74,3 +74,21 @@ def run_cli(*args: str, cwd: Path = ROOT, launcher: list[str] | None = None, tim
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = (launcher or [sys.executable, "-m"]) + ["pipeline", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_upstream(recipe: Path, out: Path, stages: tuple[str, ...]) -> Path:
+    """Run ``stages`` of a recipe into ``out`` (no gold evaluation); for module-scoped fixtures."""
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import make_plan, run_plan
+
+    run_plan(make_plan(load_recipe(recipe, [f"output_dir={out}", "evaluate=null"]), only=list(stages)))
+    return out
+
+
+def copy_artifacts(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
+    """Copies of finished stage folders in a fresh output folder, so a test can run downstream stages there."""
+    import shutil
+
+    for name in stages:
+        shutil.copytree(source / name, target / name)
+    return target

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, build_upstream, copy_artifacts, run_cli
 from pipeline.errors import RecipeError
 from pipeline.recipe import load_recipe
 from pipeline.runner import make_plan, run_plan
@@ -36,18 +35,13 @@ def short(kind: str, steps: int = 4) -> list[str]:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> Path:
     """The recipe's SFT policy (an unmerged LoRA adapter), preference pairs and reward model, built once."""
-    out = tmp_path_factory.mktemp("online-upstream")
-    run_plan(plan_for(out, only=UPSTREAM))
-    return out
+    return build_upstream(ONLINE, tmp_path_factory.mktemp("upstream"), UPSTREAM)
 
 
 @pytest.fixture
 def out(upstream, tmp_path) -> Path:
     """A fresh output folder holding copies of the upstream artifacts."""
-    folder = tmp_path / "out"
-    for name in UPSTREAM:
-        shutil.copytree(upstream / name, folder / name)
-    return folder
+    return copy_artifacts(upstream, tmp_path / "out", UPSTREAM)
 
 
 def logits(model) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, build_upstream, copy_artifacts, run_cli
 from pipeline.errors import RecipeError
 from pipeline.recipe import load_recipe
 from pipeline.runner import make_plan, run_plan
@@ -28,18 +28,13 @@ def plan_for(out: Path, *overrides: str, only=("ppo",)):
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> Path:
     """The tiny recipe's SFT policy, preference pairs and reward model, built once for this module."""
-    out = tmp_path_factory.mktemp("ppo-upstream")
-    run_plan(plan_for(out, only=UPSTREAM))
-    return out
+    return build_upstream(TINY, tmp_path_factory.mktemp("upstream"), UPSTREAM)
 
 
 @pytest.fixture
 def out(upstream, tmp_path) -> Path:
     """A fresh output folder holding copies of the upstream artifacts."""
-    folder = tmp_path / "out"
-    for name in UPSTREAM:
-        shutil.copytree(upstream / name, folder / name)
-    return folder
+    return copy_artifacts(upstream, tmp_path / "out", UPSTREAM)
 
 
 def history(folder: Path) -> list[dict]:
