@@ -182,3 +182,9 @@ def test_ppo_under_deepspeed_zero_on_two_cpu_processes(out, monkeypatch, config)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         assert not torch.allclose(ppo(input_ids=ids).logits, sft(input_ids=ids).logits, atol=1e-4)
+
+
+def test_ppo_with_8bit_adam(out):
+    run_plan(plan_for(out, "stages.ppo.train.optim=adamw_bnb_8bit", "stages.ppo.train.max_steps=3"))
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and history(out / "ppo")[-1]["kl"] > 0, "the policy moved"

@@ -47,3 +47,19 @@ def test_lora_gradients_on_a_4bit_base_are_nonzero_and_match_the_dequantised_mod
     assert all(g.abs().sum() > 0 for g in grads.values())
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_sft_trains_with_8bit_adam_on_a_4bit_base(make_recipe, chat_data, tmp_path):
+    """QLoRA end to end through the sft stage: nf4 base, LoRA adapter, bitsandbytes' 8-bit AdamW."""
+    import json
+
+    from conftest import sft_stage
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import make_plan, run_plan
+
+    path = make_recipe({"sft": sft_stage(chat_data, steps=6, train={"optim": "adamw_bnb_8bit"})},
+                       model={"source": "builtin:tiny-llama", "quantization": "4bit", "dtype": "float32"})
+    run_plan(make_plan(load_recipe(path)))
+    history = json.loads((tmp_path / "out" / "sft" / "log_history.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
