@@ -158,8 +158,9 @@ def cmd_plan(args) -> int:
         config = recipe.stages[stage.name]
         est = None
         if stage.action != "skip":
+            # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
             est = estimate(plan.base_model_path, config, dtype, recipe.model.trust_remote_code, layout,
-                           recipe.model.quantization if not config.from_ else None)
+                           recipe.model.quantization)
         params = f"{est.parameters:,}" if est else "-"
         trainable = f"{est.trainable:,}" if est else "-"
         memory = f"{est.memory_gib:.2f}" if est else "-"

@@ -24,13 +24,18 @@ class PolicySource:
     trust_remote_code: bool
     revision: str | None = None
     quantization: str | None = None
-    """bitsandbytes quantisation of the base weights (base model only: upstream policies are merged dense weights)."""
+    """bitsandbytes quantisation (QLoRA) of the weights the stage starts from."""
+    dense_path: str | None = None
+    """For a quantised upstream artifact: a plain folder of its merged weights, which bitsandbytes quantises as it
+    loads (see StageContext.start_folder)."""
 
     def load(self):
-        """The policy as a plain causal LM (adapters of upstream stages merged in)."""
+        """The policy as a plain causal LM (adapters of upstream stages merged in), quantised if asked."""
         from .artifacts import load_policy
         from .models import load_causal_lm
 
+        if self.is_artifact and self.quantization and self.dense_path:
+            return load_causal_lm(self.dense_path, self.dtype, self.trust_remote_code, None, self.quantization)
         if self.is_artifact:
             return load_policy(Path(self.path), self.dtype, self.trust_remote_code)
         return load_causal_lm(self.path, self.dtype, self.trust_remote_code, self.revision, self.quantization)
@@ -96,11 +101,30 @@ class StageContext:
         return None
 
     def policy_source(self) -> PolicySource:
-        """The upstream policy artifact if one is named, else the recipe's base model."""
+        """The upstream policy artifact if one is named, else the recipe's base model. With model.quantization the
+        upstream policy is loaded quantised too (QLoRA in every stage), from its merged weights."""
         upstream = self.upstream_of("policy")
         if upstream is not None:
-            return artifact_source(self.recipe, upstream.path)
+            source = artifact_source(self.recipe, upstream.path)
+            if self.recipe.model.quantization:
+                source.quantization = self.recipe.model.quantization
+                source.dense_path = self.start_folder()
+            return source
         return base_source(self.recipe, self.base_model_path)
+
+    def start_folder(self) -> str:
+        """A plain model folder (config.json + safetensors + tokenizer) of the weights this stage starts from: the base
+        model's folder, or the upstream policy with its adapters merged, written once under work_dir."""
+        upstream = self.upstream_of("policy")
+        if upstream is None:
+            return self.base_model_path
+        folder = self.work_dir / "start"
+        source = artifact_source(self.recipe, upstream.path)
+        if self.is_main and not (folder / "config.json").exists():
+            source.load().save_pretrained(folder)
+            source.tokenizer().save_pretrained(folder)
+        self.barrier()
+        return str(folder)
 
     def resume_checkpoint(self) -> str | None:
         """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""

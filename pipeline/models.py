@@ -121,6 +121,16 @@ def quantization_config(quantization: str | None, dtype: str = "auto"):
     )
 
 
+def quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
+    """``from_pretrained`` keyword arguments that load a model quantised by bitsandbytes (none for dense)."""
+    if quantization is None:
+        return {}
+    import torch
+
+    return {"quantization_config": quantization_config(quantization, dtype),
+            "device_map": None if torch.cuda.is_available() else "cpu"}
+
+
 def load_causal_lm(
     path: str,
     dtype: str = "auto",
@@ -130,12 +140,7 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
-    extra = {}
-    if quantization is not None:
-        import torch
-
-        extra = {"quantization_config": quantization_config(quantization, dtype),
-                 "device_map": None if torch.cuda.is_available() else "cpu"}
+    extra = quantized_loading(quantization, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, revision=revision, **extra

@@ -190,6 +190,7 @@ def validate_raw(raw: dict) -> tuple[Recipe | None, list[Problem]]:
             problems += pydantic_problems(exc, kinds[kind], prefix=where)
 
     problems += graph_problems(stages, stages_raw)
+    problems += quantization_problems(top.get("model"), stages)
     for i, name in enumerate((top.get("evaluate") or {}).get("stages") or []):
         if name not in stages_raw:
             problems.append(Problem(f"evaluate.stages[{i}]", f"no stage named '{name}'{did_you_mean(name, stages_raw)}"))
@@ -203,6 +204,24 @@ def validate_raw(raw: dict) -> tuple[Recipe | None, list[Problem]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The stage graph
+
+
+def quantization_problems(model, stages: dict[str, StageConfig]) -> list[Problem]:
+    """A quantised base (QLoRA) can only carry adapters: full fine-tuning and merged exports are refused."""
+    quantization = model.get("quantization") if isinstance(model, dict) else None
+    if not quantization:
+        return []
+    problems = []
+    for name, config in stages.items():
+        fields = type(config).model_fields
+        for field in ("lora", "value_lora"):
+            if field in fields and "train" in fields and getattr(config, field) is None:
+                problems.append(Problem(f"stages.{name}.{field}", f"model.quantization is {quantization}: weights "
+                                        "are quantised, so only adapters train (QLoRA); set it or drop quantization"))
+        if getattr(config, "merge", False):
+            problems.append(Problem(f"stages.{name}.merge", f"model.quantization is {quantization}: merging an adapter "
+                                    "into quantised weights loses precision; drop merge or quantization"))
+    return problems
 
 
 def graph_problems(stages: dict[str, StageConfig], stages_raw: dict) -> list[Problem]:

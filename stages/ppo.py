@@ -35,7 +35,7 @@ from pipeline.cards import card_splits, load_card
 from pipeline.context import StageContext
 from pipeline.errors import PipelineError
 from pipeline.generation import Completion, generate
-from pipeline.models import torch_dtype
+from pipeline.models import keep_4bit_trainable_on_cpu, quantized_loading, torch_dtype
 from pipeline.reward_model import RewardModel
 from pipeline.training import lora_config, on_gpu, precision_flags
 
@@ -208,8 +208,12 @@ class PPORun:
         # Loaded whole (the runner drops any earlier stage's ZeRO-3 config first); DeepSpeed partitions the weights
         # when the Accelerator prepares the model.
         policy = source.load()
+        quantization = ctx.recipe.model.quantization  # QLoRA: both backbones quantised, adapters trained
         reward = AutoModelForSequenceClassification.from_pretrained(
-            reward_path, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))
+            reward_path, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype),
+            **quantized_loading(quantization, ctx.recipe.model.dtype))
+        if quantization == "4bit":
+            keep_4bit_trainable_on_cpu(reward)
         reward.config.pad_token_id = self.pad_id
         # Dropout would make the first PPO ratio differ from 1 for no reason (TRL's PPO turns it off too).
         disable_dropout_in_model(policy)

@@ -13,26 +13,13 @@ from trl import RewardConfig, RewardTrainer
 
 from pipeline.context import StageContext
 from pipeline.data import preference_splits
-from pipeline.models import torch_dtype
+from pipeline.models import keep_4bit_trainable_on_cpu, quantized_loading, torch_dtype
 from pipeline.reward_model import RewardModel
 from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
 
 from .reward_config import RewardStageConfig
 
 log = logging.getLogger("pipeline")
-
-
-def _init_folder(ctx: StageContext) -> str:
-    """A folder of plain causal-LM weights to start the classifier from: the base, or the upstream policy merged."""
-    source = ctx.policy_source()
-    if not source.is_artifact:
-        return source.path
-    folder = ctx.work_dir / "init"
-    if ctx.is_main and not (folder / "config.json").exists():
-        source.load().save_pretrained(folder)
-        source.tokenizer().save_pretrained(folder)
-    ctx.barrier()
-    return str(folder)
 
 
 def run(ctx: StageContext) -> dict:
@@ -44,8 +31,13 @@ def run(ctx: StageContext) -> dict:
     from datasets import Dataset
 
     tokenizer = ctx.policy_source().tokenizer()
+    start = ctx.start_folder()
+    quantization = ctx.recipe.model.quantization
     model = AutoModelForSequenceClassification.from_pretrained(
-        _init_folder(ctx), num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))
+        start, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype), **quantized_loading(quantization,
+                                                                                             ctx.recipe.model.dtype))
+    if quantization == "4bit":
+        keep_4bit_trainable_on_cpu(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(
         **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=bool(eval_rows)),
@@ -63,11 +55,17 @@ def run(ctx: StageContext) -> dict:
                      if config.lora else None),
         callbacks=load_callbacks(config.train.callbacks),
     )
+    if quantization and not (config.train.precision in ("bf16", "fp16") or trainer.args.bf16):
+        # TRL casts the trainable weights of a quantised model to bf16 (QLoRA's recipe); without bf16 autocast the
+        # fully trained score head then gets float32 inputs it cannot multiply: keep them in the model's dtype.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch_dtype(ctx.recipe.model.dtype))
     metrics = train_and_measure(ctx, trainer, len(train_rows), "pairs")
     if eval_rows:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
         metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
-    _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None)
+    _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None, dense_start=start if quantization else None)
     return {"metrics": metrics, "model": {"format": "full", "task": "sequence_classification",
                                           "adapter": "adapter" if config.lora else None}}
 
@@ -94,12 +92,21 @@ def _heldout_metrics(ctx: StageContext, scorer: RewardModel, rows: list[dict]) -
     }
 
 
-def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool) -> None:
+def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool, dense_start: str | None = None) -> None:
     if is_adapter:
         trainer.save_model(str(ctx.out_dir / "adapter"))
     if not ctx.is_main:
         return
-    model = trainer.model.merge_and_unload() if is_adapter else trainer.model
+    if dense_start:
+        # QLoRA: the artifact is the adapter merged into the dense starting weights, not into their 4-bit copy
+        from peft import PeftModel
+
+        dense = AutoModelForSequenceClassification.from_pretrained(dense_start, num_labels=1,
+                                                                   dtype=torch_dtype(ctx.recipe.model.dtype))
+        dense.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(dense, str(ctx.out_dir / "adapter")).merge_and_unload()
+    else:
+        model = trainer.model.merge_and_unload() if is_adapter else trainer.model
     model.save_pretrained(str(ctx.out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(ctx.out_dir))
     for pickle in Path(ctx.out_dir).rglob("training_args.bin"):

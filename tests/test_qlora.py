@@ -63,3 +63,45 @@ def test_sft_trains_with_8bit_adam_on_a_4bit_base(make_recipe, chat_data, tmp_pa
     history = json.loads((tmp_path / "out" / "sft" / "log_history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
+QLORA = ["model={source: 'builtin:tiny-llama', quantization: 4bit, dtype: float32}", "evaluate=null",
+         "stages.reward.lora={r: 8, alpha: 16, dropout: 0.0}", "stages.ppo.lora={r: 8, alpha: 16, dropout: 0.0}",
+         "stages.sft.train.max_steps=6", "stages.reward.train.max_steps=6", "stages.dpo.train.max_steps=3",
+         "stages.ppo.train.max_steps=2"]
+
+
+def test_every_training_stage_runs_as_qlora(tmp_path):
+    """sft, reward, dpo and ppo on a 4-bit base (upstream policies are quantised as they load, too)."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import ROOT
+    from pipeline.artifacts import load_policy
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import make_plan, run_plan
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", *QLORA])
+    run_plan(make_plan(recipe))
+    for stage in ("sft", "dpo", "ppo"):
+        manifest = json.loads((tmp_path / stage / "manifest.json").read_text())
+        assert manifest["model"]["format"] == "adapter", stage
+        load_policy(tmp_path / stage)  # dense weights with the adapters merged, loadable without bitsandbytes
+    # the reward artifact is the adapter merged into the dense starting weights, not a 4-bit model
+    reward = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")
+    assert getattr(reward, "is_loaded_in_4bit", False) is False
+    assert "quantization_config" not in json.loads((tmp_path / "reward" / "config.json").read_text())
+
+
+def test_full_fine_tuning_on_a_quantised_base_is_refused_with_the_key_named(tmp_path):
+    import pytest
+
+    from conftest import ROOT
+    from pipeline.errors import RecipeError
+    from pipeline.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as error:
+        load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", QLORA[0]])
+    message = str(error.value)
+    assert "stages.reward.lora" in message and "stages.ppo.lora" in message and "quantis" in message
