@@ -30,7 +30,7 @@ def test_two_cpu_processes_train_one_model(make_recipe, tmp_path, monkeypatch):
     assert metrics["epoch"] == pytest.approx(2.0)
 
 
-CHAIN_CUTS = ["--set", "evaluate=null", "--set", "stages.sft.train.max_steps=6", "--set",
+CHAIN_CUTS = ["--set", "evaluate.n=8", "--set", "stages.sft.train.max_steps=6", "--set",
               "stages.reward.train.max_steps=6", "--set", "stages.dpo.train.max_steps=4", "--set",
               "stages.ppo.train.max_steps=2", "--set", "stages.ppo.rollout_batch_size=16"]
 
@@ -41,7 +41,7 @@ CHAIN_CUTS = ["--set", "evaluate=null", "--set", "stages.sft.train.max_steps=6",
                                                  ("cpu_2proc_zero3.yaml", "DEEPSPEED")])
 def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, config, distributed):
     """sft, preferences, reward, dpo, ppo (tiny.yaml) and grpo, rloo (online.yaml), unchanged, with 2 CPU processes
-    under DDP, DeepSpeed ZeRO-2 and ZeRO-3."""
+    under DDP, DeepSpeed ZeRO-2 and ZeRO-3, each policy followed by the gold evaluation."""
     launcher = list(ACCELERATE)
     launcher[launcher.index("--config_file") + 1] = str(ROOT / "launch" / config)
     launcher[launcher.index("--main_process_port") + 1] = "29535"
@@ -59,3 +59,6 @@ def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, conf
         manifest = json.loads((out / stage / "manifest.json").read_text())
         assert (manifest["world_size"], manifest["distributed_type"]) == (2, distributed), stage
     assert (out / "preferences" / "pairs.jsonl").stat().st_size > 0
+    for target in ("base", "sft", "dpo", "ppo", "grpo", "rloo"):
+        evaluation = json.loads((out / target / "eval.json").read_text())
+        assert evaluation["n"] == 8 and -1.0 <= evaluation["gold_mean"] <= 1.0, target

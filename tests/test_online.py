@@ -98,7 +98,9 @@ def test_full_fine_tuning_keeps_the_sft_policy_as_reference(out, kind):
     folder = out / kind
     assert json.loads((folder / "manifest.json").read_text())["model"]["format"] == "full"
     steps = logged(folder)
-    assert steps[0]["kl"] == 0.0 and steps[-1]["kl"] > 0, steps
+    # RLOO logs the mean summed log-ratio (k1), which can be slightly negative once the policy moves: only its
+    # departure from 0 says the reference stayed put while the policy trained.
+    assert steps[0]["kl"] == 0.0 and any(abs(step["kl"]) > 1e-6 for step in steps[1:]), steps
 
     from transformers import AutoModelForCausalLM
 
