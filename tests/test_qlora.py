@@ -75,6 +75,7 @@ def test_every_training_stage_runs_as_qlora(tmp_path):
     """sft, reward, dpo and ppo on a 4-bit base (upstream policies are quantised as they load, too)."""
     import json
 
+    from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
     from conftest import ROOT
@@ -88,6 +89,12 @@ def test_every_training_stage_runs_as_qlora(tmp_path):
         manifest = json.loads((tmp_path / stage / "manifest.json").read_text())
         assert manifest["model"]["format"] == "adapter", stage
         load_policy(tmp_path / stage)  # dense weights with the adapters merged, loadable without bitsandbytes
+    # peft starts every lora_B at zero: a non-zero B means gradients reached the adapter through the 4-bit layers
+    # (the CPU repacking bug leaves them None, and B stays 0)
+    for adapter in ("sft", "dpo", "ppo", "reward/adapter"):
+        weights = load_file(tmp_path / adapter / "adapter_model.safetensors")
+        lora_b = [w for name, w in weights.items() if "lora_B" in name]
+        assert lora_b and all(w.abs().sum() > 0 for w in lora_b), adapter
     # the reward artifact is the adapter merged into the dense starting weights, not a 4-bit model
     reward = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")
     assert getattr(reward, "is_loaded_in_4bit", False) is False
