@@ -34,7 +34,7 @@ class PolicySource:
         from .artifacts import load_policy
         from .models import load_causal_lm
 
-        if self.is_artifact and self.quantization and self.dense_path:
+        if self.dense_path is not None:
             return load_causal_lm(self.dense_path, self.dtype, self.trust_remote_code, None, self.quantization)
         if self.is_artifact:
             return load_policy(Path(self.path), self.dtype, self.trust_remote_code)

@@ -121,7 +121,7 @@ def quantization_config(quantization: str | None, dtype: str = "auto"):
     )
 
 
-def quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
+def _quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
     """``from_pretrained`` keyword arguments that load a model quantised by bitsandbytes (none for dense)."""
     if quantization is None:
         return {}
@@ -129,6 +129,18 @@ def quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
 
     return {"quantization_config": quantization_config(quantization, dtype),
             "device_map": None if torch.cuda.is_available() else "cpu"}
+
+
+def _load_pretrained(auto_class, what: str, path: str, dtype: str, quantization: str | None, **kwargs):
+    """``auto_class.from_pretrained`` with the recipe's dtype and quantisation; 4-bit layers kept trainable on CPU."""
+    try:
+        model = auto_class.from_pretrained(path, dtype=torch_dtype(dtype), **_quantized_loading(quantization, dtype),
+                                           **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {what} from {path}: {exc}") from None
+    if quantization == "4bit":
+        keep_4bit_trainable_on_cpu(model)
+    return model
 
 
 def load_causal_lm(
@@ -140,16 +152,16 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
-    extra = quantized_loading(quantization, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, revision=revision, **extra
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a causal LM from {path}: {exc}") from None
-    if quantization == "4bit":
-        keep_4bit_trainable_on_cpu(model)
-    return model
+    return _load_pretrained(AutoModelForCausalLM, "a causal LM", path, dtype, quantization,
+                            trust_remote_code=trust_remote_code, revision=revision)
+
+
+def load_sequence_classifier(path: str, dtype: str = "auto", quantization: str | None = None):
+    """A one-label sequence classifier (a reward model, or a causal LM's weights with a new score head)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load_pretrained(AutoModelForSequenceClassification, "a sequence classifier", path, dtype, quantization,
+                            num_labels=1)
 
 
 def keep_4bit_trainable_on_cpu(model) -> int:

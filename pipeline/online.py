@@ -118,13 +118,10 @@ def prompt_dataset(config: OnlineStageConfig):
 
 def reward_model(ctx):
     """The upstream reward stage's model and tokenizer, loaded from its folder (never from a hub name)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from .models import load_tokenizer, torch_dtype
+    from .models import load_sequence_classifier, load_tokenizer
 
     folder = str(ctx.upstream_of("reward_model").path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype))
+    model = load_sequence_classifier(folder, ctx.recipe.model.dtype)
     return model.eval().requires_grad_(False), load_tokenizer(folder)
 
 

@@ -35,7 +35,7 @@ from pipeline.cards import card_splits, load_card
 from pipeline.context import StageContext
 from pipeline.errors import PipelineError
 from pipeline.generation import Completion, generate
-from pipeline.models import keep_4bit_trainable_on_cpu, quantized_loading, torch_dtype
+from pipeline.models import load_sequence_classifier
 from pipeline.reward_model import RewardModel
 from pipeline.training import lora_config, on_gpu, precision_flags
 
@@ -185,7 +185,7 @@ class PPORun:
 
     def __init__(self, ctx: StageContext):
         from accelerate import Accelerator
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.ctx = ctx
         self.config: PPOStageConfig = ctx.config
@@ -208,12 +208,8 @@ class PPORun:
         # Loaded whole (the runner drops any earlier stage's ZeRO-3 config first); DeepSpeed partitions the weights
         # when the Accelerator prepares the model.
         policy = source.load()
-        quantization = ctx.recipe.model.quantization  # QLoRA: both backbones quantised, adapters trained
-        reward = AutoModelForSequenceClassification.from_pretrained(
-            reward_path, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype),
-            **quantized_loading(quantization, ctx.recipe.model.dtype))
-        if quantization == "4bit":
-            keep_4bit_trainable_on_cpu(reward)
+        # QLoRA: the reward/value backbone is quantised like the policy; only adapters train
+        reward = load_sequence_classifier(reward_path, ctx.recipe.model.dtype, ctx.recipe.model.quantization)
         reward.config.pad_token_id = self.pad_id
         # Dropout would make the first PPO ratio differ from 1 for no reason (TRL's PPO turns it off too).
         disable_dropout_in_model(policy)
@@ -567,7 +563,7 @@ class PPORun:
             missing = unwrapped.load_state_dict(load_file(str(folder / "trainable.safetensors")), strict=False)
             if missing.unexpected_keys:
                 raise PipelineError(f"{folder}: checkpoint does not match this model ({missing.unexpected_keys[:3]})")
-            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+            self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         state = json.loads((folder / "state.json").read_text())
         self.step = state["step"]
         self.kl_controller.load_state_dict(state["kl_controller"])
@@ -576,7 +572,7 @@ class PPORun:
         self.scheduler.load_state_dict(state["scheduler"])
         rng_file = folder / f"rng_{self.rank}.pt"
         if rng_file.exists():
-            rng = torch.load(rng_file, weights_only=False)
+            rng = torch.load(rng_file, weights_only=True)
             random.setstate(rng["python"])
             torch.set_rng_state(rng["torch"])
 

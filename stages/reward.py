@@ -8,12 +8,11 @@ import json
 import logging
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from pipeline.context import StageContext
 from pipeline.data import preference_splits
-from pipeline.models import keep_4bit_trainable_on_cpu, quantized_loading, torch_dtype
+from pipeline.models import load_sequence_classifier, torch_dtype
 from pipeline.reward_model import RewardModel
 from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
 
@@ -33,11 +32,7 @@ def run(ctx: StageContext) -> dict:
     tokenizer = ctx.policy_source().tokenizer()
     start = ctx.start_folder()
     quantization = ctx.recipe.model.quantization
-    model = AutoModelForSequenceClassification.from_pretrained(
-        start, num_labels=1, dtype=torch_dtype(ctx.recipe.model.dtype), **quantized_loading(quantization,
-                                                                                             ctx.recipe.model.dtype))
-    if quantization == "4bit":
-        keep_4bit_trainable_on_cpu(model)
+    model = load_sequence_classifier(start, ctx.recipe.model.dtype, quantization)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(
         **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=bool(eval_rows)),
@@ -101,8 +96,7 @@ def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool, dense_start: 
         # QLoRA: the artifact is the adapter merged into the dense starting weights, not into their 4-bit copy
         from peft import PeftModel
 
-        dense = AutoModelForSequenceClassification.from_pretrained(dense_start, num_labels=1,
-                                                                   dtype=torch_dtype(ctx.recipe.model.dtype))
+        dense = load_sequence_classifier(dense_start, ctx.recipe.model.dtype)
         dense.config.pad_token_id = tokenizer.pad_token_id
         model = PeftModel.from_pretrained(dense, str(ctx.out_dir / "adapter")).merge_and_unload()
     else:
