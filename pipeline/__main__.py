@@ -18,7 +18,9 @@ examples:
   python -m pipeline run recipes/tiny.yaml
   accelerate launch --config_file launch/cpu_2proc.yaml -m pipeline run recipes/tiny.yaml
 
-Stages whose artifact matches their fingerprint (config + inputs + upstream artifacts) are skipped; a stage
+Stages whose artifact matches their fingerprint (config, input data, upstream artifacts, base model, the code
+that computes them and the versions of torch, transformers, trl, ...) are skipped; `plan` says why each other
+stage runs. The recipe's `evaluate:` section adds evaluation nodes (eval-base, eval-<stage>) to the graph. A stage
 interrupted mid-training resumes from its last checkpoint on the next run.
 """
 
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Check a recipe without loading any model; exit 2 listing every "
                                                "problem with its YAML path.")
     _recipe_args(validate)
+    validate.add_argument("--launch", metavar="ACCELERATE_CONFIG",
+                          help="check the recipe for this accelerate config's process count (e.g. "
+                               "launch/cpu_2proc.yaml); default: one process, whatever the environment says")
 
     plan = commands.add_parser("plan", help="show the stage graph, what is cached, sizes and memory",
                                description="Show stage order, what is cached and what will run, parameter counts, "
@@ -104,15 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompts", required=True, help="data card of the evaluation prompts (prompt-only)")
     evaluate.add_argument("--reference", help="KL reference (same forms as target); default: for a stage folder, "
                                               "the policy it started from; for a model, itself (KL 0)")
-    evaluate.add_argument("--judge", default="vader", help='"vader" or "module:function" (default: vader)')
+    evaluate.add_argument("--judge", default="vader",
+                          help='"vader", "module:function" (a Python function (prompts, completions) -> scores) or '
+                               '"reward:FOLDER" (a reward stage\'s artifact); default: vader')
     evaluate.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32)
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--seed", type=int, default=1234)
     evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    evaluate.add_argument("--out", help="folder for eval.json (default: the target folder if it is a stage, "
-                                        "else ./eval-<name>)")
+    evaluate.add_argument("--out", help="folder for eval.json and eval_samples.jsonl (default: ./eval-<name of the "
+                                        "target>; stage artifacts themselves are never modified)")
 
     data = commands.add_parser("data", help="check or inspect a data card",
                                description="Work with data cards (data_cards/*.yaml).")
@@ -132,21 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _processes(args) -> int:
+    """The process count validation assumes: the --launch config's, else 1 (never the environment)."""
+    if getattr(args, "launch", None):
+        from .models.estimate import Layout
+
+        return Layout.from_launch_file(args.launch).processes
+    return 1
+
+
 def cmd_validate(args) -> int:
     from .recipe import load_recipe, topological_order
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: OK: {len(recipe.stages)} stage(s): {' -> '.join(topological_order(recipe))}")
+    recipe = load_recipe(args.recipe, args.overrides, _processes(args))
+    order = topological_order(recipe)
+    stages = [n for n in order if not recipe.stages[n].attached]
+    nodes = len(order) - len(stages)
+    extra = f" (+{nodes} evaluation node{'s' if nodes != 1 else ''})" if nodes else ""
+    print(f"{args.recipe}: OK: {len(stages)} stage(s): {' -> '.join(stages)}{extra}")
     return 0
 
 
 def cmd_plan(args) -> int:
-    from .estimate import Layout, estimate
+    from .graph.plan import make_plan
+    from .models.estimate import Layout, estimate
     from .recipe import load_recipe
-    from .runner import make_plan
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, layout.processes)
     plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
     print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
     print(f"output: {plan.out_dir}\n")
@@ -156,11 +176,9 @@ def cmd_plan(args) -> int:
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
     for stage in plan.stages:
         config = recipe.stages[stage.name]
-        est = None
-        if stage.action != "skip":
-            # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
-            est = estimate(plan.base_model_path, config, dtype, recipe.model.trust_remote_code, layout,
-                           recipe.model.quantization)
+        # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
+        est = estimate(plan.base_model_path, config.memory_profile(), dtype, layout, recipe.model.quantization) \
+            if stage.action != "skip" else None
         params = f"{est.parameters:,}" if est else "-"
         trainable = f"{est.trainable:,}" if est else "-"
         memory = f"{est.memory_gib:.2f}" if est else "-"
@@ -171,17 +189,20 @@ def cmd_plan(args) -> int:
     return 0
 
 
-HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_near_ties", "eval_accuracy")
+HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_near_ties", "eval_accuracy",
+                    "gold_mean", "kl_mean")
 
 
 def cmd_run(args) -> int:
+    from .graph.plan import make_plan
+    from .graph.report import format_report, report_rows
+    from .graph.runner import run_plan
     from .recipe import load_recipe
-    from .runner import make_plan, run_plan
+    from .training.distributed import shutdown_distributed
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    # the job's real process count: checks that depend on it fail here, before any long work
+    recipe = load_recipe(args.recipe, args.overrides, int(os.environ.get("WORLD_SIZE", "1")))
     plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
-    from .training import shutdown_distributed
-
     results = run_plan(plan, keep_checkpoints=args.keep_checkpoints)
     shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -189,8 +210,6 @@ def cmd_run(args) -> int:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                      if k in HEADLINE_METRICS}
             print(f"{name}: {plan[name].action if plan[name].action == 'cached' else 'done'} {shown}")
-        from .policy_eval import format_report, report_rows
-
         table = format_report(report_rows(plan))
         if table:
             print("\n" + table + "\n")
@@ -201,17 +220,17 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
-    from .artifacts import Artifact
-    from .atomic import write_json
-    from .context import PolicySource
+    from .artifacts.artifact import Artifact
+    from .artifacts.policy import PolicySource
+    from .data.loading import card_prompts
     from .errors import ModelError
-    from .evaluation import EvalSettings
-    from .generation import SamplingSettings
-    from .models import check_source, resolve
-    from .policy_eval import EVAL_FILE, SAMPLES_FILE, _write_samples, eval_prompts, evaluate_sources
+    from .evaluation.evaluate import evaluate, write_samples
+    from .evaluation.settings import EvalSettings, SamplingSettings
+    from .models.sources import check_source, resolve
+    from .store.atomic import write_json
 
     def source(spec: str) -> PolicySource:
-        if (Path(spec) / "manifest.json").exists():
+        if Artifact.read(Path(spec)) is not None:
             return PolicySource(str(Path(spec)), True, args.dtype, False)
         if (why := check_source(spec)) is not None:
             raise ModelError(f"{spec}: {why}")
@@ -221,28 +240,30 @@ def cmd_eval(args) -> int:
     reference = source(args.reference) if args.reference else None
     artifact = Artifact.read(Path(args.target)) if policy.is_artifact else None
     if reference is None and artifact is not None:
-        start = artifact.manifest.get("model", {}).get("start")
-        if start:
-            reference = PolicySource(start["path"], start["is_artifact"], args.dtype, False)
+        start = artifact.policy.start
+        reference = PolicySource(start.path, start.is_artifact, args.dtype, False)
     settings = EvalSettings(
         prompts=args.prompts, n=args.n, judge=args.judge, seed=args.seed,
         sampling=SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   batch_size=args.batch_size),
     )
-    prompts, _ = eval_prompts(settings)
-    metrics, samples = evaluate_sources(policy, reference, prompts, settings)
-    out = Path(args.out) if args.out else Path(args.target) if artifact else Path(f"eval-{Path(args.target).name}")
+    prompts = card_prompts(args.prompts, "eval", args.n)
+    policy_model = policy.load()
+    metrics, samples = evaluate(policy_model, reference.load() if reference is not None else None,
+                                policy.tokenizer(), prompts, settings)
+    name = Path(args.target.rstrip("/")).name.removeprefix("builtin:")
+    out = Path(args.out) if args.out else Path(f"eval-{name}")
     out.mkdir(parents=True, exist_ok=True)
-    _write_samples(out / SAMPLES_FILE, samples)
-    write_json(out / EVAL_FILE, {"target": args.target, "reference": reference.path if reference else None,
-                                 **metrics})
+    write_samples(out / "eval_samples.jsonl", samples)
+    write_json(out / "eval.json", {"target": args.target, "reference": reference.path if reference else None,
+                                   **metrics})
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {out / EVAL_FILE}")
+    print(f"wrote {out / 'eval.json'}")
     return 0
 
 
 def cmd_data(args) -> int:
-    from .cards import describe, validate_card
+    from .data.inspect import describe, validate_card
 
     if args.data_command == "validate":
         for card in args.card:
@@ -251,7 +272,8 @@ def cmd_data(args) -> int:
         return 0
     tokenizer = None
     if args.tokenizer:
-        from .models import load_tokenizer, resolve
+        from .models.loading import load_tokenizer
+        from .models.sources import resolve
 
         tokenizer = load_tokenizer(resolve(args.tokenizer))
     print(describe(args.card, tokenizer))
@@ -259,14 +281,14 @@ def cmd_data(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .policy_eval import format_report, report_rows
+    from .graph.plan import make_plan
+    from .graph.report import format_report, report_rows
     from .recipe import load_recipe
-    from .runner import make_plan
 
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, args.output_dir)
     table = format_report(report_rows(plan))
-    print(table or f"no eval.json under {plan.out_dir}: does the recipe have an evaluate: section, and has it run?")
+    print(table or f"no evaluation under {plan.out_dir}: does the recipe have an evaluate: section, and has it run?")
     return 0
 
 

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import copy
-import logging
 
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from pipeline.artifacts import save_policy
-from pipeline.context import StageContext
-from pipeline.data import preference_splits
-from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
+from pipeline.artifacts.policy import save_policy
+from pipeline.contract import StageContext, StageResult
+from pipeline.data.loading import preference_splits
+from pipeline.training.trainer import train_with_trl
 
 from .dpo_config import DPOStageConfig
 
-log = logging.getLogger("pipeline")
 
-
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> StageResult:
     config: DPOStageConfig = ctx.config
-    train_rows, eval_rows = preference_splits(config.data, ctx.upstream_of("preferences"), ctx.seed)
+    preferences = ctx.upstream_of("preferences")
+    card = preferences.path / preferences.output.data_card if preferences is not None else None
+    train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
     keep = ("prompt", "chosen", "rejected")
     train_data = Dataset.from_list([{k: r[k] for k in keep} for r in train_rows])
     eval_data = Dataset.from_list([{k: r[k] for k in keep} for r in eval_rows]) if eval_rows else None
@@ -32,26 +31,19 @@ def run(ctx: StageContext) -> dict:
         # policy is the wrong model. An explicit frozen copy of the starting weights is the reference.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     loss_type = config.loss_type if isinstance(config.loss_type, list) else [config.loss_type]
-    args = DPOConfig(
-        **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=eval_data is not None),
-        max_length=config.max_length,
-        beta=config.beta,
-        loss_type=loss_type,
-        loss_weights=config.loss_weights,
-        label_smoothing=config.label_smoothing,
-        precompute_ref_log_probs=config.precompute_ref_log_probs,
-    )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=reference,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
+    trainer, metrics = train_with_trl(
+        ctx, DPOTrainer, DPOConfig, train=config.train, model=model, tokenizer=tokenizer, train_dataset=train_data,
+        eval_dataset=eval_data, unit="pairs",
         # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
-        peft_config=lora_config(config.lora, model=model) if config.lora else None,
-        callbacks=load_callbacks(config.train.callbacks),
+        lora=config.lora,
+        method_args=dict(
+            max_length=config.max_length,
+            beta=config.beta,
+            loss_type=loss_type,
+            loss_weights=config.loss_weights,
+            label_smoothing=config.label_smoothing,
+            precompute_ref_log_probs=config.precompute_ref_log_probs,
+        ),
+        trainer_args={"ref_model": reference},
     )
-    metrics = train_and_measure(ctx, trainer, len(train_data), "pairs", len(eval_data) if eval_data else None)
-    model_info = save_policy(ctx, trainer, tokenizer, source, merge=config.merge)
-    return {"metrics": metrics, "model": model_info}
+    return StageResult(save_policy(ctx, trainer, tokenizer, source, merge=config.merge), metrics)

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.data import DataSettings
-from pipeline.schema import LoraSettings, StageConfig, TrainSettings, preference_data_problems
+from pipeline.config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings, preference_data_problems
+from pipeline.data.settings import DataSettings
 
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
@@ -51,6 +51,18 @@ class DPOStageConfig(StageConfig):
 
     def input_files(self) -> list[Path]:
         return self.data.files() if self.data else []
+
+    def trained_models(self) -> dict[str, LoraSettings | None]:
+        return {"lora": self.lora}
+
+    def writes_merged(self) -> bool:
+        return self.merge
+
+    def memory_profile(self) -> MemoryProfile:
+        # chosen and rejected of each pair go through the model; an explicit reference is a second copy
+        copies = 2.0 if self.lora is None or self.reference == "copy" else 1.0
+        return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
+                             self.max_length, copies)
 
 
 CONFIG = DPOStageConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.online import OnlineStageConfig
+from pipeline.training.online_config import OnlineStageConfig
 
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"]
 

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.generation import SamplingSettings
-from pipeline.schema import ExistingPath, LoraSettings, Strict, StageConfig, TrainSettings
+from pipeline.config.schema import ExistingPath, LoraSettings, MemoryProfile, StageConfig, Strict, TrainSettings
+from pipeline.evaluation.settings import SamplingSettings
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit", "sgd")
 
@@ -93,6 +93,9 @@ class PPOStageConfig(StageConfig):
 
     produces: ClassVar[str] = "policy"
     accepts: ClassVar[dict[str, bool]] = {"policy": True, "reward_model": True}
+    ignored_settings: ClassVar[tuple[str, ...]] = ("train.callbacks", "train.eval_steps")
+    """The loop is ours, not a transformers Trainer: no trainer callbacks, and no eval set (the gold evaluation is
+    the evaluation)."""
 
     @model_validator(mode="after")
     def _batches(self) -> "PPOStageConfig":
@@ -108,6 +111,18 @@ class PPOStageConfig(StageConfig):
 
     def input_files(self) -> list[Path]:
         return [self.prompts]
+
+    def trained_models(self) -> dict[str, LoraSettings | None]:
+        return {"lora": self.lora, "value_lora": self.value_lora}
+
+    def writes_merged(self) -> bool:
+        return self.merge
+
+    def memory_profile(self) -> MemoryProfile:
+        # the reward model's backbone doubles as the value model: a second copy of the weights; full fine-tuning
+        # keeps a frozen reference copy as well
+        return MemoryProfile(self.train, self.lora, self.sampling.max_new_tokens + 128,
+                             2.0 if self.lora is not None else 3.0)
 
 
 CONFIG = PPOStageConfig

@@ -8,11 +8,14 @@ import logging
 
 import yaml
 
-from pipeline.cards import card_splits, load_card, rows_sha256
-from pipeline.context import StageContext
-from pipeline.generation import generate
-from pipeline.judges import make_judge
-from pipeline.pairs import PairCounts, build_pairs
+from pipeline.contract import PreferencesOutput, StageContext, StageResult
+from pipeline.data.cards import load_card
+from pipeline.data.loading import card_prompts
+from pipeline.data.pairs import PairCounts, build_pairs
+from pipeline.data.rows import rows_sha256
+from pipeline.errors import PipelineError
+from pipeline.evaluation.generation import generate
+from pipeline.evaluation.judges import make_judge
 
 from .preferences_config import PreferencesStageConfig
 
@@ -22,14 +25,12 @@ PAIRS_FILE = "pairs.jsonl"
 CARD_FILE = "card.yaml"
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> StageResult:
     config: PreferencesStageConfig = ctx.config
-    card = load_card(config.prompts)
-    prompts = [row["prompt"] for row in card_splits(card, str(config.prompts))["train"]]
-    prompts = prompts[: config.n_prompts] if config.n_prompts else prompts
+    prompts = card_prompts(config.prompts, "train", config.n_prompts)
     # Sampling and judging run on the main process only; the others wait at the runner's barrier.
     if not ctx.is_main:
-        return {}
+        return StageResult(PreferencesOutput(CARD_FILE))
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), source.load()
     repeated = [p for p in prompts for _ in range(config.k)]
@@ -52,8 +53,6 @@ def run(ctx: StageContext) -> dict:
                           "margin": pair["margin"], "chosen_score": pair["chosen_score"],
                           "rejected_score": pair["rejected_score"]})
     if not pairs:
-        from pipeline.errors import PipelineError
-
         raise PipelineError(f"stage '{ctx.name}': no pair cleared min_margin={config.min_margin} "
                             f"({counts.near_ties} near-ties, {counts.identical} identical); lower it or raise k")
     (ctx.out_dir / PAIRS_FILE).write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
@@ -66,12 +65,11 @@ def run(ctx: StageContext) -> dict:
                "mean_score": sum(scores) / len(scores)}
     log.info("[%s] %d pairs from %d prompts x %d samples (%d near-ties, %d identical dropped)", ctx.name,
              counts.kept, counts.prompts, config.k, counts.near_ties, counts.identical)
-    return {"metrics": metrics, "data_card": CARD_FILE}
+    return StageResult(PreferencesOutput(CARD_FILE), metrics)
 
 
 def _write_card(ctx: StageContext, config: PreferencesStageConfig, pairs: list[dict], judge: str) -> None:
     """A data card for the pairs, so any stage or tool reads them like every other dataset."""
-    final = ctx.final_dir.resolve()
     canonical = [{k: p[k] for k in ("prompt", "chosen", "rejected", "margin")} for p in pairs]
     card = {
         "name": f"{ctx.recipe.name}-{ctx.name}",
@@ -79,7 +77,7 @@ def _write_card(ctx: StageContext, config: PreferencesStageConfig, pairs: list[d
                        f"samples per prompt from the upstream policy, judged by {judge}, {config.pairs} pairs with "
                        f"a score margin of at least {config.min_margin}. Lineage: manifest.json beside this card.",
         "license": "same as the prompts' card: " + load_card(config.prompts).license,
-        "source": {"path": str(final / PAIRS_FILE)},
+        "source": {"path": PAIRS_FILE},  # beside the card: the artifact folder can move
         "format": "preference",
         "splits": {"eval_fraction": config.eval_fraction, "seed": ctx.seed},
         "rows": len(pairs),

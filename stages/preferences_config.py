@@ -7,9 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.generation import SamplingSettings
-from pipeline.judges import check_judge_spec
-from pipeline.schema import ExistingPath, StageConfig
+from pipeline.config.schema import ExistingPath, StageConfig
+from pipeline.evaluation.judges import check_judge_spec
+from pipeline.evaluation.settings import SamplingSettings
 
 
 class PreferencesStageConfig(StageConfig):

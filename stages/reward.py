@@ -10,20 +10,22 @@ from pathlib import Path
 
 from trl import RewardConfig, RewardTrainer
 
-from pipeline.context import StageContext
-from pipeline.data import preference_splits
-from pipeline.models import load_sequence_classifier, torch_dtype
-from pipeline.reward_model import RewardModel
-from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
+from pipeline.contract import RewardModelOutput, StageContext, StageResult
+from pipeline.data.loading import preference_splits
+from pipeline.models.loading import load_sequence_classifier, torch_dtype
+from pipeline.models.reward_model import RewardModel
+from pipeline.training.trainer import train_with_trl
 
 from .reward_config import RewardStageConfig
 
 log = logging.getLogger("pipeline")
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> StageResult:
     config: RewardStageConfig = ctx.config
-    train_rows, eval_rows = preference_splits(config.data, ctx.upstream_of("preferences"), ctx.seed)
+    preferences = ctx.upstream_of("preferences")
+    card = preferences.path / preferences.output.data_card if preferences is not None else None
+    train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
     keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
     train_rows = [{k: r[k] for k in keep} for r in train_rows]
     eval_rows = [{k: r[k] for k in keep} for r in eval_rows]
@@ -34,35 +36,29 @@ def run(ctx: StageContext) -> dict:
     quantization = ctx.recipe.model.quantization
     model = load_sequence_classifier(start, ctx.recipe.model.dtype, quantization)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(
-        **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=bool(eval_rows)),
-        max_length=config.max_length,
-        center_rewards_coefficient=config.center_rewards_coefficient,
-    )
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
+
+    def keep_head_in_model_dtype(trainer) -> None:
+        if quantization and not (config.train.precision in ("bf16", "fp16") or trainer.args.bf16):
+            # TRL casts the trainable weights of a quantised model to bf16 (QLoRA's recipe); without bf16 autocast
+            # the fully trained score head then gets float32 inputs it cannot multiply: keep them in the model's dtype.
+            for param in trainer.model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.to(torch_dtype(ctx.recipe.model.dtype))
+
+    trainer, metrics = train_with_trl(
+        ctx, RewardTrainer, RewardConfig, train=config.train, model=model, tokenizer=tokenizer,
         train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None, evaluate_at_end=False, unit="pairs",
         # The score head is new: train and save it in full next to the adapter.
-        peft_config=(lora_config(config.lora, "SEQ_CLS", ["score"], model)
-                     if config.lora else None),
-        callbacks=load_callbacks(config.train.callbacks),
+        lora=config.lora, lora_task="SEQ_CLS", modules_to_save=["score"],
+        method_args=dict(max_length=config.max_length, center_rewards_coefficient=config.center_rewards_coefficient),
+        prepare=keep_head_in_model_dtype,
     )
-    if quantization and not (config.train.precision in ("bf16", "fp16") or trainer.args.bf16):
-        # TRL casts the trainable weights of a quantised model to bf16 (QLoRA's recipe); without bf16 autocast the
-        # fully trained score head then gets float32 inputs it cannot multiply: keep them in the model's dtype.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(torch_dtype(ctx.recipe.model.dtype))
-    metrics = train_and_measure(ctx, trainer, len(train_rows), "pairs")
     if eval_rows:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
         metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
     _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None, dense_start=start if quantization else None)
-    return {"metrics": metrics, "model": {"format": "full", "task": "sequence_classification",
-                                          "adapter": "adapter" if config.lora else None}}
+    return StageResult(RewardModelOutput("adapter" if config.lora else None), metrics)
 
 
 def _heldout_metrics(ctx: StageContext, scorer: RewardModel, rows: list[dict]) -> dict:

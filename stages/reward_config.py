@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.data import DataSettings
-from pipeline.schema import LoraSettings, StageConfig, TrainSettings, preference_data_problems
+from pipeline.config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings, preference_data_problems
+from pipeline.data.settings import DataSettings
 
 
 class RewardStageConfig(StageConfig):
@@ -36,6 +36,13 @@ class RewardStageConfig(StageConfig):
 
     def input_files(self) -> list[Path]:
         return self.data.files() if self.data else []
+
+    def trained_models(self) -> dict[str, LoraSettings | None]:
+        return {"lora": self.lora}
+
+    def memory_profile(self) -> MemoryProfile:
+        return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
+                             self.max_length)
 
 
 CONFIG = RewardStageConfig

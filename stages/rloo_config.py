@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.online import OnlineStageConfig
+from pipeline.training.online_config import OnlineStageConfig
 
 
 class RLOOStageConfig(OnlineStageConfig):

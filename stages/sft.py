@@ -7,11 +7,11 @@ import re
 
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.artifacts import save_policy
-from pipeline.context import StageContext
-from pipeline.data import load_chat_splits
+from pipeline.artifacts.policy import save_policy
+from pipeline.contract import StageContext, StageResult
+from pipeline.data.loading import load_chat_splits
 from pipeline.errors import PipelineError
-from pipeline.training import load_callbacks, lora_config, train_and_measure, trainer_kwargs
+from pipeline.training.trainer import train_with_trl
 
 from .sft_config import SFTStageConfig
 
@@ -30,7 +30,7 @@ def _final_turn_as_completion(dataset, stage: str):
     return dataset.map(split, remove_columns=["messages"])
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> StageResult:
     config: SFTStageConfig = ctx.config
     train_data, eval_data, fmt = load_chat_splits(config.data, ctx.seed)
     source = ctx.policy_source()
@@ -46,24 +46,15 @@ def run(ctx: StageContext) -> dict:
             log.info("[%s] the chat template has no {%% generation %%} markers: the loss is on the final assistant "
                      "turn of each conversation", ctx.name)
     model = source.load()
-
-    args = SFTConfig(
-        **trainer_kwargs(config.train, ctx.work_dir, ctx.seed, has_eval=eval_data is not None),
-        max_length=config.max_length,
-        packing=config.packing,
-        assistant_only_loss=completion_only and fmt == "messages",
-        completion_only_loss=completion_only if fmt == "prompt_completion" else None,
-        dataset_num_proc=None,
+    trainer, metrics = train_with_trl(
+        ctx, SFTTrainer, SFTConfig, train=config.train, model=model, tokenizer=tokenizer, train_dataset=train_data,
+        eval_dataset=eval_data, unit="rows", lora=config.lora,
+        method_args=dict(
+            max_length=config.max_length,
+            packing=config.packing,
+            assistant_only_loss=completion_only and fmt == "messages",
+            completion_only_loss=completion_only if fmt == "prompt_completion" else None,
+            dataset_num_proc=None,
+        ),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora, model=model) if config.lora else None,
-        callbacks=load_callbacks(config.train.callbacks),
-    )
-    metrics = train_and_measure(ctx, trainer, len(train_data), "rows", len(eval_data) if eval_data else None)
-    model_info = save_policy(ctx, trainer, tokenizer, source, merge=config.merge)
-    return {"metrics": metrics, "model": model_info}
+    return StageResult(save_policy(ctx, trainer, tokenizer, source, merge=config.merge), metrics)

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.data import DataSettings
-from pipeline.schema import LoraSettings, StageConfig, TrainSettings
+from pipeline.config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings
+from pipeline.data.settings import DataSettings
 
 
 class SFTStageConfig(StageConfig):
@@ -35,6 +35,15 @@ class SFTStageConfig(StageConfig):
 
     def input_files(self) -> list[Path]:
         return self.data.files()
+
+    def trained_models(self) -> dict[str, LoraSettings | None]:
+        return {"lora": self.lora}
+
+    def writes_merged(self) -> bool:
+        return self.merge
+
+    def memory_profile(self) -> MemoryProfile:
+        return MemoryProfile(self.train, self.lora, self.max_length)
 
 
 CONFIG = SFTStageConfig

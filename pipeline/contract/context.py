@@ -1,0 +1,114 @@
+"""What the runner hands a stage: its config, its upstream artifacts, where to write, and who it is in the job.
+
+A stage reads upstream artifacts only through its context and returns a ``StageResult``; it never imports another
+stage or the runner."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts.artifact import LOG_HISTORY, Artifact
+from ..artifacts.policy import PolicySource
+from ..config.schema import StageConfig
+from ..recipe.schema import Recipe
+
+log = logging.getLogger("pipeline")
+
+
+def base_source(recipe: Recipe, base_model_path: str) -> PolicySource:
+    """The recipe's base model as a policy source."""
+    model = recipe.model
+    return PolicySource(base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
+                        model.quantization)
+
+
+def artifact_source(recipe: Recipe, path: Path) -> PolicySource:
+    """A policy stage's artifact folder as a policy source, loaded with the recipe's model settings."""
+    return PolicySource(str(path), True, recipe.model.dtype, recipe.model.trust_remote_code)
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use. A stage reads upstream artifacts only through this, never another stage's code."""
+
+    name: str
+    config: StageConfig
+    recipe: Recipe
+    out_dir: Path
+    """Write the artifact here (a temporary folder the runner renames when the stage returns). Main process only."""
+    final_dir: Path
+    """Where the artifact will be once the stage is done (for paths written into it)."""
+    work_dir: Path
+    """Persistent scratch for this stage and fingerprint: trainer checkpoints live here so a killed run resumes."""
+    upstream: dict[str, Artifact]
+    fingerprint: str
+    base_model_path: str
+    """The resolved folder (or hub id) of the recipe's base model."""
+    process_index: int = 0
+    num_processes: int = 1
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    def barrier(self) -> None:
+        """Wait until every process of the job reaches this point (a no-op in a single process)."""
+        from ..training.distributed import distributed_state
+
+        distributed_state().wait_for_everyone()
+
+    def upstream_of(self, produces: str) -> Artifact | None:
+        """The upstream artifact of a type (validation guarantees at most one)."""
+        for artifact in self.upstream.values():
+            if artifact.produces == produces:
+                return artifact
+        return None
+
+    def policy_source(self) -> PolicySource:
+        """The upstream policy artifact if one is named, else the recipe's base model. With model.quantization the
+        upstream policy is loaded quantised too (QLoRA in every stage), from its merged weights."""
+        upstream = self.upstream_of("policy")
+        if upstream is not None:
+            source = artifact_source(self.recipe, upstream.path)
+            if self.recipe.model.quantization:
+                source.quantization = self.recipe.model.quantization
+                source.dense_path = self.start_folder()
+            return source
+        return base_source(self.recipe, self.base_model_path)
+
+    def start_folder(self) -> str:
+        """A plain model folder (config.json + safetensors + tokenizer) of the weights this stage starts from: the base
+        model's folder, or the upstream policy with its adapters merged, written once under work_dir."""
+        upstream = self.upstream_of("policy")
+        if upstream is None:
+            return self.base_model_path
+        folder = self.work_dir / "start"
+        source = artifact_source(self.recipe, upstream.path)
+        if self.is_main and not (folder / "config.json").exists():
+            source.load().save_pretrained(folder)
+            source.tokenizer().save_pretrained(folder)
+        self.barrier()
+        return str(folder)
+
+    def write_log_history(self, history: list[dict]) -> None:
+        """The per-step training log (loss curve and friends) as log_history.json. Main process only."""
+        if self.is_main:
+            from ..store.atomic import write_json
+
+            write_json(self.out_dir / LOG_HISTORY, history)
+
+    def resume_checkpoint(self) -> str | None:
+        """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not self.work_dir.is_dir():
+            return None
+        last = get_last_checkpoint(str(self.work_dir))
+        if last and self.is_main:
+            log.info("[%s] resuming from %s", self.name, last)
+        return last

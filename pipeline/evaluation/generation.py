@@ -1,0 +1,187 @@
+"""Batched sampling from a causal LM and teacher-forced log-probabilities of what was sampled.
+
+torch and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .settings import SamplingSettings
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Completion:
+    """One sampled completion and the token ids it came from."""
+
+    prompt: str
+    """The prompt as given (before the chat template)."""
+    completion: str
+    """The generated text, special tokens stripped."""
+    prompt_ids: list[int]
+    """Token ids of the rendered prompt, without padding."""
+    completion_ids: list[int]
+    """Generated token ids, up to and including the end-of-sequence token when one was produced."""
+    eos: bool
+    """Whether generation ended with the end-of-sequence token (rather than at max_new_tokens)."""
+
+
+def _has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as a user message through the tokenizer's chat template (generation prompt added), or the raw text
+    when the tokenizer has no chat template."""
+    if not _has_chat_template(tokenizer):
+        return list(prompts)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def _model_device(model):
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        import torch
+
+        return torch.device("cpu")
+
+
+def _eos_ids(tokenizer) -> set[int]:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    sampling: SamplingSettings,
+    seed: int,
+    desc: str = "generating",
+    *,
+    progress: bool = True,
+) -> list[Completion]:
+    """Sample one completion per prompt, in order.
+
+    Prompts go through ``render_prompts`` and are batched ``sampling.batch_size`` at a time with left padding (the
+    tokenizer's padding side is restored afterwards). Before batch ``i`` the torch RNG is seeded with ``seed + i``,
+    so the same prompts, settings and seed give the same completions. Only the settings in ``sampling`` shape the
+    distribution: top_k=0 really turns top-k off (transformers would otherwise default to 50) and repetition penalty
+    is 1 whatever the model's generation_config says.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    rendered = render_prompts(tokenizer, prompts)
+    # A rendered chat template already holds its special tokens; raw text gets the tokenizer's usual ones (BOS).
+    add_special_tokens = not _has_chat_template(tokenizer)
+    eos_ids = _eos_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad token nor an end-of-sequence token")
+    options = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=sampling.do_sample,
+        pad_token_id=pad_id,
+        eos_token_id=tokenizer.eos_token_id,
+        repetition_penalty=1.0,
+    )
+    if sampling.do_sample:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    device = _model_device(model)
+    was_training = model.training
+    side = tokenizer.padding_side
+    results: list[Completion] = []
+    starts = range(0, len(prompts), sampling.batch_size)
+    try:
+        tokenizer.padding_side = "left"
+        model.eval()
+        with torch.no_grad():
+            for batch_index, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress)):
+                texts = rendered[start : start + sampling.batch_size]
+                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+                batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+                torch.manual_seed(seed + batch_index)
+                output = model.generate(**batch, **options)
+                width = batch["input_ids"].shape[1]
+                for row in range(len(texts)):
+                    prompt_ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+                    new = output[row, width:].tolist()
+                    cut = next((i for i, t in enumerate(new) if t in eos_ids), None)
+                    ids = new if cut is None else new[: cut + 1]
+                    results.append(
+                        Completion(
+                            prompt=prompts[start + row],
+                            completion=tokenizer.decode(ids, skip_special_tokens=True),
+                            prompt_ids=prompt_ids,
+                            completion_ids=ids,
+                            eos=cut is not None,
+                        )
+                    )
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return results
+
+
+def completion_logprobs(model, completions: list[Completion], batch_size: int) -> list[torch.Tensor]:
+    """Per-token log-probabilities (float32, on the CPU) of each completion's tokens given its prompt under ``model``.
+
+    Teacher forcing over ``prompt_ids + completion_ids``, right-padded batches of ``batch_size`` with an attention
+    mask and explicit position ids (0, 1, ... per row), so the result does not depend on how samples are batched.
+    One 1-D tensor per completion, of length ``len(completion_ids)`` (empty for an empty completion). These are the
+    model's raw probabilities (temperature 1), whatever the completions were sampled with.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    device = _model_device(model)
+    was_training = model.training
+    results: list[torch.Tensor] = []
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(completions), batch_size):
+                chunk = completions[start : start + batch_size]
+                sequences = [c.prompt_ids + c.completion_ids for c in chunk]
+                width = max(len(s) for s in sequences)
+                input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.long)
+                for row, seq in enumerate(sequences):
+                    input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                    mask[row, : len(seq)] = 1
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=False,
+                ).logits
+                for row, c in enumerate(chunk):
+                    p, n = len(c.prompt_ids), len(c.completion_ids)
+                    if n == 0:
+                        results.append(torch.zeros(0, dtype=torch.float32))
+                        continue
+                    if p == 0:
+                        raise ValueError("a completion without prompt tokens has no logit for its first token")
+                    # logits at position t predict token t + 1
+                    step = logits[row, p - 1 : p + n - 1].float().log_softmax(-1)
+                    targets = torch.tensor(c.completion_ids, dtype=torch.long, device=step.device)
+                    results.append(step.gather(-1, targets[:, None]).squeeze(-1).cpu())
+    finally:
+        model.train(was_training)
+    return results

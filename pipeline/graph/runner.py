@@ -1,0 +1,144 @@
+"""The runner: runs every node the plan marks "run", on every process, and writes their artifacts.
+
+Every node is a stage, evaluations included: the runner has no special path for any kind. Multi-process protocol
+(``accelerate launch`` with N processes): every rank validates the recipe and computes the same plan; every rank
+runs each stage (trainers need all ranks); only the main process creates and renames the artifact folder and writes
+its manifest; barriers separate stages so no rank reads an artifact before it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+
+from ..artifacts.artifact import MANIFEST, METRICS, Artifact
+from ..artifacts.outputs import StageResult, output_to_dict
+from ..contract.context import StageContext
+from ..errors import PipelineError
+from ..recipe.kinds import stage_module
+from ..store.atomic import replace_dir, write_json
+from ..training.distributed import current_distributed_type
+from .plan import Plan, StagePlan
+from .provenance import git_commit, host, package_versions
+
+log = logging.getLogger("pipeline")
+
+
+def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
+    """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk)."""
+    from ..training.distributed import announce_deepspeed_build, distributed_state, forget_deepspeed_config
+
+    state = distributed_state()
+    if state.is_main_process:
+        announce_deepspeed_build(log)
+    results: dict[str, dict] = {}
+    for stage in plan.stages:
+        final = plan.out_dir / stage.name
+        if stage.action == "skip":
+            continue
+        forget_deepspeed_config()
+        if stage.action == "cached":
+            if state.is_main_process:
+                log.info("[%s] cached (%s)", stage.name, final)
+            results[stage.name] = Artifact.read(final).metrics
+        else:
+            results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
+    state.wait_for_everyone()
+    return results
+
+
+def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> dict:
+    from transformers import set_seed
+
+    recipe, name = plan.recipe, stage.name
+    config = recipe.stages[name]
+    final = plan.out_dir / name
+    # Names every rank can compute alike; the fingerprint keeps checkpoints of another config from being resumed.
+    tmp = plan.out_dir / f".tmp-{name}-{stage.fingerprint[:12]}"
+    work = plan.out_dir / ".work" / f"{name}-{stage.fingerprint[:12]}"
+    if state.is_main_process:
+        log.info("[%s] running %s stage (%s)", name, config.kind, stage.reason)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+    upstream = {}
+    for up in config.from_:
+        artifact = Artifact.read(plan.out_dir / up)
+        if artifact is None:
+            raise PipelineError(f"stage '{name}': upstream artifact {plan.out_dir / up} is missing")
+        upstream[up] = artifact
+    ctx = StageContext(
+        name=name,
+        config=config,
+        recipe=recipe,
+        out_dir=tmp,
+        final_dir=final,
+        work_dir=work,
+        upstream=upstream,
+        fingerprint=stage.fingerprint,
+        base_model_path=plan.base_model_path,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+    )
+    clock = time.perf_counter()
+    module = stage_module(config.kind)  # imports trl & co: timed apart from the stage's own work
+    import_time = time.perf_counter() - clock
+    set_seed(recipe.seed)
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    result = module.run(ctx)
+    wall = time.perf_counter() - clock
+    if not isinstance(result, StageResult) or result.output.produces != config.produces:
+        got = type(result).__name__ if not isinstance(result, StageResult) else f"a {result.output.produces} output"
+        raise PipelineError(f"stages/{config.kind}: run() must return a StageResult with a {config.produces} "
+                            f"output; it returned {got}")
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        manifest = {
+            "stage": name,
+            "kind": config.kind,
+            "produces": config.produces,
+            "output": output_to_dict(result.output),
+            "fingerprint": stage.fingerprint,
+            "fingerprint_parts": stage.parts,
+            "config": config.model_dump(mode="json", by_alias=True),
+            "inputs": stage.inputs,
+            "lineage": _lineage(upstream),
+            "seed": recipe.seed,
+            "world_size": state.num_processes,
+            "distributed_type": current_distributed_type(),
+            "wall_time_s": round(wall, 3),
+            "import_time_s": round(import_time, 3),
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "host": host(),
+            "git_commit": git_commit(),
+            "packages": package_versions(),
+            "recipe": recipe.name,
+        }
+        write_json(tmp / METRICS, result.metrics)
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, final)
+        if not keep_checkpoints:
+            shutil.rmtree(work, ignore_errors=True)
+            if work.parent.is_dir() and not any(work.parent.iterdir()):
+                work.parent.rmdir()
+        log.info("[%s] done in %.1f s -> %s", name, wall, final)
+    state.wait_for_everyone()
+    return result.metrics
+
+
+def _lineage(upstream: dict[str, Artifact]) -> list[dict]:
+    """Every ancestor once, nearest first: stage, kind and fingerprint."""
+    seen: dict[str, dict] = {}
+    for name, artifact in upstream.items():
+        seen.setdefault(artifact.fingerprint, {"stage": name, "kind": artifact.kind,
+                                                "fingerprint": artifact.fingerprint})
+        for ancestor in artifact.manifest.get("lineage", []):
+            seen.setdefault(ancestor["fingerprint"], ancestor)
+    return list(seen.values())

@@ -1,0 +1,103 @@
+"""Loading models and tokenizers with plain transformers: the recipe's dtype, bitsandbytes quantisation, and the
+4-bit CPU workaround. Everything that loads a model goes through here."""
+
+from __future__ import annotations
+
+from ..errors import ModelError
+
+
+def torch_dtype(name: str):
+    """The torch dtype for a recipe dtype name; auto is bf16 on GPUs that support it, fp32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer from {path}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(quantization: str | None, dtype: str = "auto"):
+    """bitsandbytes settings for "4bit" (nf4, double quantisation) or "8bit"; None loads dense weights."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+    )
+
+
+def _quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
+    """``from_pretrained`` keyword arguments that load a model quantised by bitsandbytes (none for dense)."""
+    if quantization is None:
+        return {}
+    import torch
+
+    return {"quantization_config": quantization_config(quantization, dtype),
+            "device_map": None if torch.cuda.is_available() else "cpu"}
+
+
+def _load_pretrained(auto_class, what: str, path: str, dtype: str, quantization: str | None, **kwargs):
+    """``auto_class.from_pretrained`` with the recipe's dtype and quantisation; 4-bit layers kept trainable on CPU."""
+    try:
+        model = auto_class.from_pretrained(path, dtype=torch_dtype(dtype), **_quantized_loading(quantization, dtype),
+                                           **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {what} from {path}: {exc}") from None
+    if quantization == "4bit":
+        keep_4bit_trainable_on_cpu(model)
+    return model
+
+
+def load_causal_lm(
+    path: str,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    quantization: str | None = None,
+):
+    from transformers import AutoModelForCausalLM
+
+    return _load_pretrained(AutoModelForCausalLM, "a causal LM", path, dtype, quantization,
+                            trust_remote_code=trust_remote_code, revision=revision)
+
+
+def load_sequence_classifier(path: str, dtype: str = "auto", quantization: str | None = None):
+    """A one-label sequence classifier (a reward model, or a causal LM's weights with a new score head)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load_pretrained(AutoModelForSequenceClassification, "a sequence classifier", path, dtype, quantization,
+                            num_labels=1)
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """Work around a bitsandbytes bug on CPUs with AVX512-BF16: the first eval-mode no-grad forward through a
+    ``Linear4bit`` repacks its weight for CPU inference for good, after which backward runs through a kernel without
+    autograd and LoRA gradients silently become None. Turning the repacking off keeps QLoRA training correct (at some
+    cost to CPU inference speed). Returns how many layers were changed."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

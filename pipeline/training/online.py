@@ -1,0 +1,97 @@
+"""What the online RL stages (`grpo`, `rloo`) share: the prompt dataset, the reward model of the upstream reward
+stage, the starting policy, TRL's trainer run, and the summary of what TRL logged.
+
+Both stages sample ``num_generations`` completions per prompt from the current policy, score each whole completion
+with the reward stage's model, and take a policy-gradient step with a baseline computed from the other completions of
+the same prompt (no value model). Their config fields are in ``online_config``.
+"""
+
+from __future__ import annotations
+
+from .online_config import OnlineStageConfig
+
+SUMMARISED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
+              "frac_reward_zero_std", "step_time")
+"""Per-step figures TRL logs that metrics.json summarises as <name>_first, <name>_last and <name>_mean."""
+
+
+def prompt_dataset(config: OnlineStageConfig):
+    """The train split of the prompt card as TRL conversational prompts (one user message each)."""
+    from datasets import Dataset
+
+    from ..data.loading import card_prompts
+
+    prompts = card_prompts(config.prompts, "train", config.n_prompts)
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+
+
+def reward_model(ctx):
+    """The upstream reward stage's model and tokenizer, loaded from its folder (never from a hub name)."""
+    from ..models.loading import load_sequence_classifier, load_tokenizer
+
+    folder = str(ctx.upstream_of("reward_model").path)
+    model = load_sequence_classifier(folder, ctx.recipe.model.dtype)
+    return model.eval().requires_grad_(False), load_tokenizer(folder)
+
+
+def start_policy(ctx, config: OnlineStageConfig):
+    """The upstream policy (or base model) as a plain causal LM, every weight trainable for full fine-tuning.
+
+    With full fine-tuning and a KL term, TRL builds the frozen reference itself by loading the policy's
+    ``name_or_path`` again; a policy merged from an upstream adapter would name its base model there, so the starting
+    weights are written to a folder first and loaded from it (once; reused on resume)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.loading import torch_dtype
+
+    source = ctx.policy_source()
+    if config.lora is not None:
+        return source.load()
+    if config.beta > 0 and source.is_artifact:
+        folder = ctx.work_dir / "start"
+        if ctx.is_main and not (folder / "config.json").exists():
+            source.load().save_pretrained(folder)
+        ctx.barrier()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(ctx.recipe.model.dtype),
+                                                     trust_remote_code=ctx.recipe.model.trust_remote_code)
+    else:
+        model = source.load()
+    # An upstream adapter merged by peft comes back with every weight frozen; full fine-tuning trains them all.
+    return model.requires_grad_(True)
+
+
+def summarise(history: list[dict]) -> dict:
+    """First, last and mean of each SUMMARISED figure over the logged training steps (step_time: seconds per step)."""
+    rows = [row for row in history if "reward" in row]
+    summary: dict = {}
+    for key in SUMMARISED:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if values:
+            name = key.replace("completions/", "completion_")
+            summary.update({f"{name}_first": values[0], f"{name}_last": values[-1],
+                            f"{name}_mean": sum(values) / len(values)})
+    return summary
+
+
+def train_online(ctx, config: OnlineStageConfig, config_class, trainer_class, **method_args):
+    """Run TRL's ``trainer_class`` (GRPOTrainer or RLOOTrainer) for an online stage and save the policy; returns the
+    stage's result. ``method_args`` are the method's own config fields (e.g. GRPO's loss_type)."""
+    from ..artifacts.outputs import StageResult
+    from ..artifacts.policy import save_policy
+    from .trainer import train_with_trl
+
+    train_data = prompt_dataset(config)
+    source = ctx.policy_source()
+    tokenizer, model = source.tokenizer(), start_policy(ctx, config)
+    scorer, scorer_tokenizer = reward_model(ctx)
+    trainer, metrics = train_with_trl(
+        ctx, trainer_class, config_class, train=config.train, model=model, tokenizer=tokenizer,
+        train_dataset=train_data, unit="prompts",
+        # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
+        lora=config.lora,
+        method_args={**config.sampling_kwargs(), **method_args},
+        # The reward model reads prompt + completion through its own tokenizer's chat template, as it was trained.
+        trainer_args={"reward_funcs": [scorer], "reward_processing_classes": [scorer_tokenizer]},
+    )
+    metrics.update(summarise(trainer.state.log_history))
+    return StageResult(save_policy(ctx, trainer, tokenizer, source, merge=config.merge), metrics)

@@ -1,0 +1,151 @@
+"""What every trainer-based stage shares: device-aware TrainingArguments, LoRA configs, user callbacks, and the
+train-measure step around a TRL trainer (``train_with_trl``)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from pathlib import Path
+
+from ..config.schema import LoraSettings, TrainSettings
+from ..errors import PipelineError
+from .distributed import on_gpu, world_size
+
+log = logging.getLogger("pipeline")
+
+
+def precision_flags(precision: str) -> dict:
+    """bf16/fp16 flags for TrainingArguments. TRL defaults to bf16=True, which fails on CPU, so always say."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if on_gpu() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bool) -> dict:
+    """Keyword arguments common to every TRL config (SFTConfig, RewardConfig, DPOConfig, ...)."""
+    cpu = not on_gpu()
+    kwargs = dict(
+        output_dir=str(work_dir),
+        max_steps=train.max_steps,
+        num_train_epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is read as a ratio of the total steps
+        weight_decay=train.weight_decay,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        # Checkpointing costs compute and only pays off when GPU memory is short; on CPU it is pure slowdown.
+        gradient_checkpointing=train.gradient_checkpointing if train.gradient_checkpointing is not None else not cpu,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=1,
+        eval_strategy=("steps" if train.eval_steps else "no") if has_eval else "no",
+        eval_steps=train.eval_steps,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        # Without use_cpu, several CPU processes would run independent trainings instead of one gloo DDP run.
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and world_size() > 1 else None,
+        dataloader_num_workers=0,
+        **precision_flags(train.precision),
+    )
+    return kwargs
+
+
+def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None,
+                model=None):
+    """peft's LoraConfig for these settings. ``model`` is needed with ``lora.layers``: it gives the layer count and,
+    for target_modules "all-linear" (which peft refuses together with layers_to_transform), the linear layers'
+    names inside the transformer blocks."""
+    from peft import LoraConfig
+
+    layers, targets = None, lora.target_modules
+    if lora.layers is not None:
+        import torch
+
+        count = model.config.num_hidden_layers
+        layers = sorted({i % count if i < 0 else i for i in lora.layers})
+        if max(layers) >= count or min(lora.layers) < -count:
+            raise PipelineError(f"lora.layers: the model has {count} layers (0..{count - 1}); got {lora.layers}")
+        if targets == "all-linear":
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and re.search(r"\.layers\.\d+\.", name)})
+    return LoraConfig(
+        layers_to_transform=layers,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+
+
+def load_callbacks(names: list[str]) -> list:
+    """Instantiate user TrainerCallback classes named "module:ClassName"."""
+    callbacks = []
+    for name in names:
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PipelineError(f"train.callbacks: cannot import '{name}': {exc}") from None
+        callbacks.append(cls())
+    return callbacks
+
+
+def train_and_measure(ctx, trainer, train_size: int, unit: str, eval_size: int | None = None) -> dict:
+    """Train (resuming from a checkpoint if one exists), evaluate, save the log; return the stage's metrics.
+
+    TRL drops examples in preprocessing (too long for max_length, or no completion token left); the count is
+    reported as ``train_<unit>_skipped`` and warned about, so nothing is lost silently.
+    """
+    skipped = train_size - len(trainer.train_dataset)
+    if skipped and ctx.is_main:
+        log.warning(
+            "[%s] %d of %d training %s were dropped by TRL's preprocessing (longer than max_length, or no "
+            "completion token left); raise max_length to keep them", ctx.name, skipped, train_size, unit)
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, f"train_{unit}": train_size,
+               f"train_{unit}_skipped": skipped,
+               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
+    if eval_size:
+        metrics.update(trainer.evaluate())
+        metrics[f"eval_{unit}"] = eval_size
+    ctx.write_log_history(trainer.state.log_history)
+    return metrics
+
+
+def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, model, tokenizer, train_dataset,
+                   unit: str, eval_dataset=None, evaluate_at_end: bool = True, lora: LoraSettings | None = None,
+                   lora_task: str = "CAUSAL_LM", modules_to_save: list[str] | None = None,
+                   method_args: dict | None = None, trainer_args: dict | None = None, prepare=None):
+    """The skeleton every TRL-trainer stage shares: TrainingArguments from ``train`` (device-aware), the method's own
+    config fields (``method_args``), LoRA from ``lora`` (None: full fine-tuning), the user's callbacks; then train
+    (resuming from a checkpoint), measure and save the log. ``prepare(trainer)`` runs before training.
+    Returns (trainer, metrics); the stage saves what it produced."""
+    args = config_class(**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None),
+                        **(method_args or {}))
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(lora, lora_task, modules_to_save, model) if lora is not None else None,
+        callbacks=load_callbacks(train.callbacks),
+        **(trainer_args or {}),
+    )
+    if prepare is not None:
+        prepare(trainer)
+    eval_size = len(eval_dataset) if eval_dataset is not None and evaluate_at_end else None
+    return trainer, train_and_measure(ctx, trainer, len(train_dataset), unit, eval_size)

@@ -1,0 +1,48 @@
+"""The `evaluate` stage: gold evaluation of the upstream policy (or of the base model) on held-out prompts.
+
+The main process samples, scores and writes eval.json and eval_samples.jsonl; the others wait at the runner's
+barrier. The KL reference is the policy the evaluated stage started from (none for the base model: KL 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.contract import EvaluationOutput, StageContext, StageResult
+from pipeline.contract.context import artifact_source, base_source
+from pipeline.data.loading import card_prompts
+from pipeline.evaluation.evaluate import evaluate, write_samples
+from pipeline.store.atomic import write_json
+
+from .evaluate_config import EvaluateStageConfig
+
+log = logging.getLogger("pipeline")
+BASE = "base"
+
+
+def run(ctx: StageContext) -> StageResult:
+    config: EvaluateStageConfig = ctx.config
+    upstream = ctx.upstream_of("policy")
+    target = next(iter(ctx.upstream)) if upstream is not None else BASE
+    output = EvaluationOutput(target)
+    if not ctx.is_main:
+        return StageResult(output)
+    if upstream is None:
+        policy, reference = base_source(ctx.recipe, ctx.base_model_path), None
+    else:
+        policy = artifact_source(ctx.recipe, upstream.path)
+        start = upstream.policy.start
+        reference = artifact_source(ctx.recipe, Path(start.path)) if start.is_artifact \
+            else base_source(ctx.recipe, start.path)
+    prompts = card_prompts(config.prompts, "eval", config.n)
+    log.info("[%s] gold evaluation of %s on %d prompts (judge %s)", ctx.name, target, len(prompts), config.judge)
+    tokenizer = policy.tokenizer()
+    policy_model = policy.load()
+    reference_model = reference.load() if reference is not None else None
+    metrics, samples = evaluate(policy_model, reference_model, tokenizer, prompts, config)
+    write_samples(ctx.out_dir / output.samples_file, samples)
+    write_json(ctx.out_dir / output.eval_file, {"target": target, **metrics})
+    log.info("[%s] gold_mean %.3f [%.3f, %.3f], kl %.3f", ctx.name, metrics["gold_mean"], *metrics["gold_ci95"],
+             metrics["kl_mean"])
+    return StageResult(output, metrics)

@@ -1,0 +1,51 @@
+"""Config of the `evaluate` stage: gold evaluation of one policy (or of the base model) on held-out prompts.
+
+The recipe's `evaluate:` section expands into one such node per target: eval-base for the base model and
+eval-<stage> for each policy stage; a recipe may also name `kind: evaluate` stages itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pipeline.config.schema import ExistingPath, StageConfig
+from pipeline.evaluation.settings import EvalSettings
+
+
+class EvaluateStageConfig(EvalSettings, StageConfig):
+    """Samples completions from the upstream policy (no upstream: the base model) for the prompts of a card, scores
+    them with the gold judge, and measures the KL to the policy the upstream stage started from (0 for the base
+    model)."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    prompts: ExistingPath
+    """Data card of the held-out evaluation prompts (prompt-only format; its eval split, or every row of a card
+    without one)."""
+
+    produces: ClassVar[str] = "evaluation"
+    accepts: ClassVar[dict[str, bool]] = {"policy": False}
+    attached: ClassVar[bool] = True
+    recipe_section: ClassVar[str] = "evaluate"
+    node_prefix: ClassVar[str] = "eval-"
+
+    def input_files(self) -> list[Path]:
+        return [self.prompts]
+
+    @classmethod
+    def nodes_from_section(cls, section, produced: dict[str, str], names: list[str]):
+        settings = section.model_dump(mode="json", exclude={"baseline", "stages"})
+        problems = []
+        for i, name in enumerate(section.stages or []):
+            if name not in names:
+                problems.append((f"stages[{i}]", f"no stage named '{name}'"))
+            elif produced.get(name, "policy") != "policy":
+                problems.append((f"stages[{i}]", f"'{name}' makes a {produced[name]}, not a policy"))
+        targets = [n for n in names if produced.get(n) == "policy"
+                   and (section.stages is None or n in section.stages)]
+        nodes = {f"{cls.node_prefix}base": {**settings, "from": []}} if section.baseline else {}
+        nodes.update({f"{cls.node_prefix}{name}": {**settings, "from": [name]} for name in targets})
+        return nodes, problems
+
+
+CONFIG = EvaluateStageConfig

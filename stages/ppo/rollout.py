@@ -1,0 +1,67 @@
+"""Rollout tensors and the prompt schedule of a PPO run."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.evaluation.generation import Completion
+
+
+@dataclass
+class Rollout:
+    """A batch of prompt + response token sequences: prompts left-padded, responses right-padded, so every response
+    starts at the same column and the response columns are the last ones."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_ids: torch.Tensor
+    """[batch, response width]; padding after the end."""
+    response_mask: torch.Tensor
+    """[batch, response width]; 1 on real response tokens."""
+
+    @classmethod
+    def pack(cls, completions: list[Completion], pad_id: int, device) -> "Rollout":
+        prompt_width = max(len(c.prompt_ids) for c in completions)
+        response_width = max(1, max(len(c.completion_ids) for c in completions))
+        rows = len(completions)
+        input_ids = torch.full((rows, prompt_width + response_width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, c in enumerate(completions):
+            p, n = len(c.prompt_ids), len(c.completion_ids)
+            input_ids[row, prompt_width - p : prompt_width] = torch.tensor(c.prompt_ids)
+            input_ids[row, prompt_width : prompt_width + n] = torch.tensor(c.completion_ids, dtype=torch.long)
+            mask[row, prompt_width - p : prompt_width + n] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        response_mask = mask[:, prompt_width:].clone()
+        return cls(input_ids.to(device), mask.to(device), positions.to(device),
+                   input_ids[:, prompt_width:].to(device), response_mask.to(device))
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """Rows ``index``, with columns that are padding in every selected row cut away (less compute)."""
+        mask = self.attention_mask[index]
+        response_mask = self.response_mask[index]
+        width = self.response_mask.shape[1]
+        keep_response = max(1, int(response_mask.sum(-1).max().item()))
+        first = int(mask.float().argmax(-1).min().item())  # leftmost real token of any selected row
+        cut = self.input_ids.shape[1] - width + keep_response
+        return Rollout(self.input_ids[index][:, first:cut], mask[:, first:cut], self.position_ids[index][:, first:cut],
+                       self.response_ids[index][:, :keep_response], response_mask[:, :keep_response])
+
+
+def prompt_schedule(count: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices of the prompts of global PPO step ``step`` (0-based): an endless stream of seeded permutations of all
+    prompts, cut into consecutive blocks. A function of the step alone, so a resumed run sees the same prompts."""
+    start = step * per_step
+    indices: list[int] = []
+    epoch = start // count
+    offset = start % count
+    while len(indices) < per_step:
+        order = list(range(count))
+        random.Random(seed + epoch).shuffle(order)
+        indices += order[offset:]
+        epoch, offset = epoch + 1, 0
+    return indices[:per_step]
