@@ -37,12 +37,16 @@ def main() -> None:
     inputs = json.loads(open(sys.argv[1]).read())
     output_path = sys.argv[2]
     t_import = time.perf_counter()
-    from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback, set_seed)
-
     import trl
     import trl.experimental.ppo.ppo_trainer as ppo_module
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+        set_seed,
+    )
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     import_s = time.perf_counter() - t_import

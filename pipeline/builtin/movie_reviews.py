@@ -14,8 +14,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from ..store.atomic import built_once
 from ..errors import PipelineError
+from ..store.atomic import built_once
 from ..store.fetch import fetch_from_pypi
 from ..store.paths import cache_dir
 

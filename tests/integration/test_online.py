@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, build_upstream, copy_artifacts, run_cli
 from pipeline.errors import RecipeError
+from pipeline.graph.plan import make_plan
+from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from pipeline.runner import make_plan, run_plan
+from support import ROOT, build_upstream, copy_artifacts, run_cli
 
 ONLINE = ROOT / "recipes" / "online.yaml"
 UPSTREAM = ("sft", "preferences", "reward")
@@ -60,7 +61,7 @@ def test_lora_policy_moves_off_sft_and_reloads_with_plain_peft(out, kind):
                       f"stages.{kind}.train.learning_rate=3e-2", *short(kind), only=(kind,)))
     folder = out / kind
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["model"]["format"] == "adapter" and manifest["model"]["base"] == str((out / "sft").resolve())
+    assert manifest["output"]["format"] == "adapter" and manifest["output"]["base"] == str((out / "sft").resolve())
 
     # TRL's per-step reward and KL figures, in the log and summarised in metrics.json
     steps = logged(folder)
@@ -79,7 +80,7 @@ def test_lora_policy_moves_off_sft_and_reloads_with_plain_peft(out, kind):
 
     from peft import PeftModel
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     # the tiny recipe's SFT stage leaves an unmerged adapter: the start weights are it merged into the base model
     policy = PeftModel.from_pretrained(load_policy(out / "sft"), str(folder))  # plain peft
@@ -96,7 +97,7 @@ def test_full_fine_tuning_keeps_the_sft_policy_as_reference(out, kind):
     the SFT policy (not the base model the SFT adapter sits on): the KL of the very first step is then exactly 0."""
     run_plan(plan_for(out, *short(kind, steps=3), only=(kind,)))
     folder = out / kind
-    assert json.loads((folder / "manifest.json").read_text())["model"]["format"] == "full"
+    assert json.loads((folder / "manifest.json").read_text())["output"]["format"] == "full"
     steps = logged(folder)
     # RLOO logs the mean summed log-ratio (k1), which can be slightly negative once the policy moves: only its
     # departure from 0 says the reference stayed put while the policy trained.
@@ -104,7 +105,7 @@ def test_full_fine_tuning_keeps_the_sft_policy_as_reference(out, kind):
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     policy = AutoModelForCausalLM.from_pretrained(folder)
     assert not torch.allclose(logits(policy), logits(load_policy(out / "sft")), atol=1e-4)
@@ -120,7 +121,7 @@ def test_without_a_kl_term_there_is_no_reference_and_every_weight_still_trains(o
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     policy = AutoModelForCausalLM.from_pretrained(folder)
     assert not torch.allclose(logits(policy), logits(load_policy(out / "sft")), atol=1e-4)
@@ -131,7 +132,7 @@ def test_trl_scores_the_text_the_reward_stage_trained_on(upstream):
     the reward stage trained and evaluated on (pipeline.reward_model)."""
     from trl.data_utils import apply_chat_template
 
-    from pipeline.reward_model import RewardModel
+    from pipeline.models.reward_model import RewardModel
 
     scorer = RewardModel.from_pretrained(upstream / "reward")
     prompts, completions = ["What is 2 plus 2?", "Say the number 5."], ["2 + 2 = 4.", "five"]
@@ -158,13 +159,22 @@ def test_a_batch_that_cannot_hold_whole_groups_is_refused_naming_the_keys(kind):
     load_recipe(ONLINE, [f"stages.{kind}.train.batch_size=2", f"stages.{kind}.train.gradient_accumulation_steps=2"])
 
 
-def test_processes_count_towards_the_batch(monkeypatch):
+def test_processes_count_towards_the_batch_from_the_caller_never_the_environment(monkeypatch):
     with pytest.raises(RecipeError):
         load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"])
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"])
+    load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"], processes=2)
     with pytest.raises(RecipeError, match=r"\(3 x 1 x 2 processes = 6\)"):
-        load_recipe(ONLINE, ["stages.grpo.train.batch_size=3"])
+        load_recipe(ONLINE, ["stages.grpo.train.batch_size=3"], processes=2)
+    # a launcher's WORLD_SIZE does not change what validation says: `validate` agrees with and without it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RecipeError):
+        load_recipe(ONLINE, ["stages.grpo.train.batch_size=2"])
+    plain = run_cli("validate", "recipes/online.yaml", "--set", "stages.grpo.train.batch_size=2",
+                    env={"WORLD_SIZE": "2"})
+    assert plain.returncode == 2 and "stages.grpo.num_generations" in plain.stderr
+    launched = run_cli("validate", "recipes/online.yaml", "--set", "stages.grpo.train.batch_size=2", "--launch",
+                       "launch/cpu_2proc.yaml")
+    assert launched.returncode == 0, launched.stderr
 
 
 def test_online_recipe_validates_and_a_bad_batch_names_the_key():

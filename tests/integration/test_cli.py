@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ROOT, run_cli
+from support import ROOT, run_cli
 
 
 def test_data_validate_and_show():
@@ -18,6 +18,7 @@ def test_data_validate_and_show():
 
 def test_data_validate_refuses_a_tampered_card(tmp_path):
     card = (ROOT / "data_cards" / "tiny_chat.yaml").read_text().replace("rows: 240", "rows: 241")
+    card = card.replace("../data/tiny/chat.jsonl", str(ROOT / "data" / "tiny" / "chat.jsonl"))
     (tmp_path / "card.yaml").write_text(card)
     result = run_cli("data", "validate", str(tmp_path / "card.yaml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr

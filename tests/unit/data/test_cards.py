@@ -1,34 +1,17 @@
-"""Data cards: validation errors with YAML paths, checked and pinned rows, deterministic splits, the movie builders
-(on fake snippets, so no network) and `describe`."""
+"""Data cards: validation errors with YAML paths, relative paths from the card's folder, checked and pinned rows,
+presets and sources."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import CHAT_ROWS, ROOT, write_jsonl
-from pipeline import builders, movie_reviews
-from pipeline.cards import (
-    card_splits,
-    describe,
-    load_card,
-    materialise,
-    prompt_key,
-    rows_sha256,
-    split_rows,
-    validate_card,
-)
+from pipeline.data.cards import load_card, materialise
+from pipeline.data.inspect import validate_card
+from pipeline.data.rows import rows_sha256
 from pipeline.errors import DataError, RecipeError
-
-
-def make_card(tmp_path: Path, name: str = "card", **fields) -> Path:
-    body = {"name": "test", "description": "test rows", "license": "MIT", "format": "messages", **fields}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
+from support import CHAT_ROWS, ROOT, make_card, write_jsonl
 
 
 @pytest.fixture
@@ -233,148 +216,3 @@ def test_hub_source_offline_is_a_clear_error(tmp_path):
     card = load_card(make_card(tmp_path, source={"hub": {"id": "nobody/no-such-dataset-xyz"}}))
     with pytest.raises(DataError, match=r"hub:nobody/no-such-dataset-xyz \[train\]: cannot load this dataset"):
         materialise(card)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Splits
-
-
-def numbered_rows(n: int) -> list[dict]:
-    return [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(n)]
-
-
-def test_split_disjoint_complete_and_stable(tmp_path):
-    rows = numbered_rows(100)
-    parts = split_rows(rows, 0.2, seed=3)
-    assert len(parts["eval"]) == 20 and len(parts["train"]) == 80
-    canon = lambda rs: {json.dumps(r, sort_keys=True) for r in rs}  # noqa: E731
-    assert not canon(parts["train"]) & canon(parts["eval"])
-    assert canon(parts["train"]) | canon(parts["eval"]) == canon(rows)
-    assert split_rows(rows, 0.2, seed=3) == parts  # same seed, same split
-    assert split_rows(list(reversed(rows)), 0.2, seed=3)["eval"] == list(reversed(parts["eval"]))  # order-free
-    assert canon(split_rows(rows, 0.2, seed=4)["eval"]) != canon(parts["eval"])  # the seed matters
-    # each side keeps source order
-    assert parts["train"] == [r for r in rows if r in parts["train"]]
-
-
-def test_rows_sharing_a_prompt_stay_together():
-    rows = [{"prompt": f"q{i % 10}", "completion": f"a{i}"} for i in range(60)]
-    parts = split_rows(rows, 0.3, seed=0)
-    train_prompts = {prompt_key(r) for r in parts["train"]}
-    assert parts["eval"] and not any(prompt_key(r) in train_prompts for r in parts["eval"])
-
-
-def test_split_edges_and_card_splits(tmp_path, chat_data):
-    assert split_rows(CHAT_ROWS, 0.0, 1) == {"train": CHAT_ROWS, "eval": []}
-    assert split_rows(CHAT_ROWS, 1.0, 1) == {"train": [], "eval": CHAT_ROWS}
-    assert len(split_rows(CHAT_ROWS, 0.01, 1)["eval"]) == 1  # a fraction > 0 always holds something out
-    with pytest.raises(DataError, match="too few distinct prompts"):
-        split_rows([CHAT_ROWS[0]] * 3, 0.5, 1)
-    card = load_card(make_card(tmp_path, source={"path": str(chat_data)}, splits={"eval_fraction": 0.25, "seed": 5}))
-    parts = card_splits(card, "c.yaml")
-    assert len(parts["eval"]) == 1 and len(parts["train"]) == 3 and parts == card_splits(card, "c.yaml")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Movie-review builders, on fake snippets
-
-
-def fake_snippets() -> list[dict]:
-    rows = []
-    for i in range(1, 201):
-        length = 6 + i % 20  # 6..25 words
-        rows.append({"id": str(i), "rating": (i % 9) - 4.0, "text": " ".join(f"w{i}x{j}" for j in range(length))})
-    return rows
-
-
-@pytest.fixture
-def snippets(monkeypatch):
-    rows = fake_snippets()
-    heldout = [r for r in rows if builders.is_heldout(r["id"])]
-    assert heldout and len(heldout) < len(rows)
-    # A training snippet that starts like a held-out one must not be trained on.
-    copy = next(r for r in heldout if len(r["text"].split()) >= 14)
-    twin = next(r for r in rows if not builders.is_heldout(r["id"]) and len(r["text"].split()) >= 14)
-    twin["text"] = " ".join(copy["text"].split()[:8] + ["twin"] * 10)
-    monkeypatch.setattr(movie_reviews, "movie_review_rows", lambda: [dict(r) for r in rows])
-    return rows
-
-
-def starts(text: str) -> str:
-    assert text.startswith(builders.PROMPT_TEMPLATE.format(start=""))
-    return text.removeprefix(builders.PROMPT_TEMPLATE.format(start=""))
-
-
-def test_movie_sft_shape(snippets):
-    rows = builders.movie_sft(prompt_words=8, min_words=14)
-    assert rows
-    by_start = {" ".join(s["text"].split()[:8]): s for s in snippets}
-    for row in rows:
-        user, assistant = row["messages"]
-        assert user["role"] == "user" and assistant["role"] == "assistant"
-        source = by_start[starts(user["content"])]
-        words = source["text"].split()
-        assert len(words) >= 14 and assistant["content"] == " ".join(words[8:])
-        assert not builders.is_heldout(source["id"])
-    eligible = [s for s in snippets if not builders.is_heldout(s["id"]) and len(s["text"].split()) >= 14]
-    assert len(rows) == len(eligible) - 1  # the twin of a held-out prompt is left out
-    subset = builders.movie_sft(max_rows=10)
-    assert len(subset) == 10 and subset == builders.movie_sft(max_rows=10)
-    assert all(row in rows for row in subset)
-
-
-def test_heldout_prompts_are_disjoint_from_training(snippets):
-    train = {r["prompt"] for r in builders.movie_prompts(min_words=9)}
-    train |= {r["messages"][0]["content"] for r in builders.movie_sft(min_words=9)}
-    evaluation = builders.movie_eval_prompts(n=None, min_words=9)
-    assert evaluation and all(set(r) == {"prompt"} for r in evaluation)
-    assert not train & {r["prompt"] for r in evaluation}
-    heldout_starts = {" ".join(s["text"].split()[:8]) for s in snippets if builders.is_heldout(s["id"])}
-    assert all(starts(r["prompt"]) in heldout_starts for r in evaluation)
-    assert len(builders.movie_eval_prompts(n=2, min_words=9)) == 2
-
-
-def test_builder_card_materialises(snippets, tmp_path):
-    rows = builders.movie_prompts(max_rows=5)
-    path = make_card(tmp_path, source={"builder": {"name": "movie_prompts", "args": {"max_rows": 5}}},
-                     format="prompt", rows=5, sha256=rows_sha256(rows))
-    assert materialise(load_card(path), str(path)) == rows
-    bad = make_card(tmp_path, "bad", source={"builder": {"name": "movie_prompts", "args": {"prompt_words": 0}}},
-                    format="prompt")
-    with pytest.raises(DataError, match=r"bad\.yaml \(builder movie_prompts\), field 'source\.builder\.args': "
-                                        r"prompt_words must be at least 1"):
-        materialise(load_card(bad), str(bad))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# describe
-
-
-def test_describe(tmp_path):
-    rows = numbered_rows(20) + [numbered_rows(1)[0]]  # one duplicate row
-    data = write_jsonl(tmp_path / "d.jsonl", rows)
-    path = make_card(tmp_path, source={"path": str(data)}, format="prompt_completion",
-                     splits={"eval_fraction": 0.2, "seed": 1}, citation="Someone (2024).")
-    text = describe(path)
-    assert "rows: 21  (train 17, eval 4; eval_fraction 0.2, seed 1)" in text
-    assert "lengths in whitespace words:" in text
-    assert "p50" in text and "p90" in text and "p99" in text and "max" in text
-    assert "train  prompt" in text and "eval   completion" in text
-    assert "duplicate rows: 1" in text
-    assert "empty fields: 0" in text
-    assert "train/eval overlap (eval rows whose prompt is in train): 0" in text
-    assert text.count("\n  row ") == 3 and "samples:" in text
-    assert "cite: Someone (2024)." in text and f"sha256: {rows_sha256(rows)}" in text
-
-    class Chars:  # a stand-in tokenizer: one token per character
-        name_or_path = "chars"
-
-        def encode(self, text, add_special_tokens=False):
-            return list(text)
-
-    flat = make_card(tmp_path, "flat", source={"path": str(data)}, format="prompt_completion")
-    text = describe(flat, tokenizer=Chars())
-    assert "lengths in tokens (chars):" in text
-    # "question 0".."question 19" and "answer 0".."answer 19" (plus one more "question 0" / "answer 0"), in characters
-    assert "  train  prompt          10     11     11     11" in text
-    assert "  train  completion       8      9      9      9" in text

@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli, sft_stage
-from pipeline.artifacts import Artifact
+from pipeline.artifacts.artifact import Artifact
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.graph.plan import make_plan
+from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from pipeline.runner import make_plan, run_plan
+from pipeline.store.hashing import sha256_file
+from support import ROOT, run_cli, sft_stage
 
 
 def run(path, overrides=(), **selection):
@@ -40,7 +41,7 @@ def test_artifact_layout_and_manifest(make_recipe, chat_data, tmp_path):
         assert key in manifest, key
     assert manifest["world_size"] == 1 and manifest["seed"] == 7
     assert manifest["inputs"]["data"][str(chat_data)] == sha256_file(chat_data)
-    assert manifest["model"]["format"] == "adapter"
+    assert manifest["output"]["format"] == "adapter"
     assert not list((tmp_path / "out").glob(".tmp-*")), "no temporary folder is left behind"
 
 
@@ -71,7 +72,8 @@ def test_cache_and_downstream_only_invalidation(make_recipe, chat_data, tmp_path
     data_edit = chat_data.read_text() + chat_data.read_text().splitlines()[0] + "\n"
     chat_data.write_text(data_edit)
     plan = make_plan(load_recipe(path))
-    assert plan["sft"].action == "run" and plan["sft"].reason == "config or inputs changed"
+    assert plan["sft"].action == "run" and plan["sft"].reason == "input data changed (stages.sft.data.path)"
+    assert plan["right"].reason == "upstream sft changed; input data changed (stages.right.data.path)"
 
 
 def test_only_from_force(make_recipe, chat_data, tmp_path):
@@ -100,7 +102,7 @@ def test_sft_loss_falls_on_a_memorisation_set(make_recipe, chat_data, tmp_path):
     history = [h["loss"] for h in json.loads((tmp_path / "out" / "sft" / "log_history.json").read_text())
                if "loss" in h]
     assert history[-1] < 0.3 * history[0], history
-    assert Artifact.read(tmp_path / "out" / "sft").manifest["model"]["format"] == "full"
+    assert Artifact.read(tmp_path / "out" / "sft").manifest["output"]["format"] == "full"
 
 
 def test_adapter_reloads_with_plain_peft_and_same_logits(make_recipe, chat_data, tmp_path):
@@ -121,12 +123,12 @@ def test_adapter_reloads_with_plain_peft_and_same_logits(make_recipe, chat_data,
 
 
 def test_chained_adapters_load_through_the_pipeline(make_recipe, chat_data, tmp_path):
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     stages = {"sft": sft_stage(chat_data), "next": {**sft_stage(chat_data, steps=2), "from": "sft"}}
     run(make_recipe(stages))
     out = tmp_path / "out"
-    assert Artifact.read(out / "next").manifest["model"]["base"] == str((out / "sft").resolve())
+    assert Artifact.read(out / "next").manifest["output"]["base"] == str((out / "sft").resolve())
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         first = load_policy(out / "sft")(ids).logits
@@ -139,7 +141,7 @@ def test_resume_continues_from_the_checkpoint(make_recipe, chat_data, tmp_path, 
     steps_file = tmp_path / "steps.txt"
     monkeypatch.setenv("PROBE_STEP_LOG", str(steps_file))
     monkeypatch.setenv("PROBE_DIE_AFTER_SAVE", "1")
-    stage = sft_stage(chat_data, steps=6, train={"save_steps": 3, "callbacks": ["helpers:Probe"]})
+    stage = sft_stage(chat_data, steps=6, train={"save_steps": 3, "callbacks": ["support.callbacks:Probe"]})
     path = make_recipe({"sft": stage})
     killed = run_cli("run", str(path), cwd=ROOT / "tests")
     assert killed.returncode == 17, killed.stderr[-2000:]
@@ -166,7 +168,7 @@ def test_failed_stage_leaves_previous_artifact_intact(make_recipe, chat_data, tm
     path = make_recipe({"sft": sft_stage(chat_data)})
     run(path)
     before = finished_at(tmp_path / "out", "sft")
-    result = run_cli("run", str(path), "--set", "stages.sft.train.callbacks=[helpers:FailAtStep2]",
+    result = run_cli("run", str(path), "--set", "stages.sft.train.callbacks=[support.callbacks:FailAtStep2]",
                      cwd=ROOT / "tests")
     assert result.returncode != 0 and "boom at step 2" in result.stderr
     assert finished_at(tmp_path / "out", "sft") == before
@@ -182,7 +184,7 @@ def test_plan_shows_cached_and_parameter_counts(make_recipe, chat_data):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from pipeline.tiny_model import tiny_llama_path
+    from pipeline.builtin.tiny_model import tiny_llama_path
 
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_path()),
                                 LoraConfig(r=4, target_modules="all-linear"))
@@ -190,49 +192,8 @@ def test_plan_shows_cached_and_parameter_counts(make_recipe, chat_data):
     assert f"{total:,}" in lines["next"] and f"{trainable:,}" in lines["next"]
 
 
-def test_gold_evaluation_is_cached_apart_from_training(make_recipe, chat_data, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "What is 30 plus 4?"}\n{"prompt": "Say the number 9."}\n{"prompt": "Hi"}\n')
-    card = tmp_path / "prompts.yaml"
-    card.write_text(f"name: p\ndescription: d\nlicense: MIT\nsource: {{path: {prompts}}}\nformat: prompt\n"
-                    "splits: {eval_fraction: 1.0, seed: 0}\n")
-    evaluate = {"prompts": str(card), "n": 3, "sampling": {"max_new_tokens": 4, "batch_size": 2}}
-    path = make_recipe({"sft": sft_stage(chat_data)}, evaluate=evaluate)
-    out = tmp_path / "out"
-    run(path)
-    base = json.loads((out / "base" / "eval.json").read_text())
-    sft = json.loads((out / "sft" / "eval.json").read_text())
-    assert base["n"] == sft["n"] == 3 and base["kl_mean"] == 0.0, "the base model is its own reference"
-    assert sft["kl_mean"] != 0.0, "the SFT policy is compared with the base model it started from"
-    assert len((out / "sft" / "eval_samples.jsonl").read_text().splitlines()) == 3
-    trained_at = finished_at(out, "sft")
-
-    run(path)  # nothing changed: neither retrained nor re-evaluated
-    assert json.loads((out / "sft" / "eval.json").read_text()) == sft
-
-    run(path, ["evaluate.sampling.max_new_tokens=2"])  # evaluation settings changed: re-evaluate, do not retrain
-    again = json.loads((out / "sft" / "eval.json").read_text())
-    assert again["fingerprint"] != sft["fingerprint"] and again["mean_length"] <= 2
-    assert finished_at(out, "sft") == trained_at
-
-    report = run_cli("report", str(path))
-    assert report.returncode == 0 and "base" in report.stdout and "sft" in report.stdout
-
-
-def test_only_a_downstream_stage_does_not_evaluate_the_base_model(make_recipe, chat_data, tmp_path):
-    from pipeline.policy_eval import targets
-
-    evaluate = {"prompts": str(ROOT / "data_cards" / "tiny_eval_prompts.yaml"), "n": 2}
-    path = make_recipe({"sft": sft_stage(chat_data), "next": {**sft_stage(chat_data), "from": "sft"}},
-                       evaluate=evaluate)
-    recipe = load_recipe(path)
-    assert targets(make_plan(recipe)) == ["base", "sft", "next"]
-    run(path, only=["sft"])
-    assert targets(make_plan(recipe, only=["next"])) == ["next"]
-
-
 def test_rows_cut_off_by_max_length_are_counted(make_recipe, tmp_path):
-    from conftest import CHAT_ROWS, write_jsonl
+    from support import CHAT_ROWS, write_jsonl
 
     long_prompt = {"messages": [{"role": "user", "content": "Say the number " + "very " * 40 + "slowly."},
                                 {"role": "assistant", "content": "three"}]}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, sft_stage, write_jsonl, CHAT_ROWS
+from support import CHAT_ROWS, ROOT, run_cli, sft_stage, write_jsonl
 
 ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
               str(ROOT / "launch" / "cpu_2proc.yaml"), "--main_process_port", "29533", "-m"]

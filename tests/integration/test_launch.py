@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from support import ROOT
 
 CONFIGS = sorted((ROOT / "launch").glob("*.yaml"))
 
@@ -44,9 +44,9 @@ def test_slurm_script_is_valid_bash():
 
 
 def test_plan_estimates_memory_per_process_for_each_launch_config():
-    from pipeline.estimate import Layout, estimate
+    from pipeline.builtin.tiny_model import tiny_llama_path
+    from pipeline.models.estimate import Layout, estimate
     from pipeline.recipe import load_recipe
-    from pipeline.tiny_model import tiny_llama_path
 
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
     reward = recipe.stages["reward"]  # full fine-tuning: weights, gradients and Adam state all count
@@ -54,7 +54,7 @@ def test_plan_estimates_memory_per_process_for_each_launch_config():
 
     def memory(config: str | None) -> float:
         layout = Layout.from_launch_file(ROOT / "launch" / config) if config else Layout()
-        return estimate(model, reward, "float32", layout=layout).memory_gib
+        return estimate(model, reward.memory_profile(), "float32", layout=layout).memory_gib
 
     assert Layout.from_launch_file(ROOT / "launch" / "gpu_zero3_offload.yaml") == Layout(8, 3, True, True)
     assert memory("cpu_2proc.yaml") == memory(None), "DDP replicates everything"
@@ -63,7 +63,7 @@ def test_plan_estimates_memory_per_process_for_each_launch_config():
 
 
 def test_plan_command_takes_a_launch_config():
-    from conftest import run_cli
+    from support import run_cli
 
     result = run_cli("plan", "recipes/tiny.yaml", "--launch", "launch/gpu_zero3.yaml")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline import ppo_math as pm
+from pipeline.rl import ppo_math as pm
 
 T = torch.tensor
 

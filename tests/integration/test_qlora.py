@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.models import load_causal_lm
-from pipeline.tiny_model import tiny_llama_path
+from pipeline.builtin.tiny_model import tiny_llama_path
+from pipeline.models.loading import load_causal_lm
 
 
 def lora(model):
@@ -53,9 +53,10 @@ def test_sft_trains_with_8bit_adam_on_a_4bit_base(make_recipe, chat_data, tmp_pa
     """QLoRA end to end through the sft stage: nf4 base, LoRA adapter, bitsandbytes' 8-bit AdamW."""
     import json
 
-    from conftest import sft_stage
+    from pipeline.graph.plan import make_plan
+    from pipeline.graph.runner import run_plan
     from pipeline.recipe import load_recipe
-    from pipeline.runner import make_plan, run_plan
+    from support import sft_stage
 
     path = make_recipe({"sft": sft_stage(chat_data, steps=6, train={"optim": "adamw_bnb_8bit"})},
                        model={"source": "builtin:tiny-llama", "quantization": "4bit", "dtype": "float32"})
@@ -78,16 +79,17 @@ def test_every_training_stage_runs_as_qlora(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from conftest import ROOT
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
+    from pipeline.graph.plan import make_plan
+    from pipeline.graph.runner import run_plan
     from pipeline.recipe import load_recipe
-    from pipeline.runner import make_plan, run_plan
+    from support import ROOT
 
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", *QLORA])
     run_plan(make_plan(recipe))
     for stage in ("sft", "dpo", "ppo"):
         manifest = json.loads((tmp_path / stage / "manifest.json").read_text())
-        assert manifest["model"]["format"] == "adapter", stage
+        assert manifest["output"]["format"] == "adapter", stage
         load_policy(tmp_path / stage)  # dense weights with the adapters merged, loadable without bitsandbytes
     # peft starts every lora_B at zero: a non-zero B means gradients reached the adapter through the 4-bit layers
     # (the CPU repacking bug leaves them None, and B stays 0)
@@ -104,9 +106,9 @@ def test_every_training_stage_runs_as_qlora(tmp_path):
 def test_full_fine_tuning_on_a_quantised_base_is_refused_with_the_key_named(tmp_path):
     import pytest
 
-    from conftest import ROOT
     from pipeline.errors import RecipeError
     from pipeline.recipe import load_recipe
+    from support import ROOT
 
     with pytest.raises(RecipeError) as error:
         load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", QLORA[0]])

@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
-from conftest import sft_stage, write_jsonl
-from pipeline.cards import load_card, materialise
+from pipeline.data.cards import load_card, materialise
 from pipeline.errors import RecipeError
-from pipeline.judges import make_judge
-from pipeline.pairs import PairCounts, build_pairs
+from pipeline.evaluation.judges import make_judge
+from pipeline.graph.plan import make_plan
+from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from pipeline.runner import make_plan, run_plan
+from support import sft_stage, synthetic_pairs, write_jsonl
 
 
 def run(path, overrides=()):
     plan = make_plan(load_recipe(path, list(overrides)))
     run_plan(plan)
     return plan
-
-
-# --- pair rules ---------------------------------------------------------------------------------------------------
-
-def test_best_worst_takes_the_extremes_and_drops_near_ties():
-    counts = PairCounts()
-    pairs = build_pairs("p", [("a", 0.1), ("b", 0.9), ("c", 0.5), ("d", 0.0)], "best_worst", 0.3, counts)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b", "d")]
-    assert pairs[0]["margin"] == pytest.approx(0.9)
-    assert build_pairs("q", [("x", 0.5), ("y", 0.6)], "best_worst", 0.3, counts) == []
-    assert (counts.prompts, counts.candidates, counts.kept, counts.near_ties) == (2, 2, 1, 1)
-
-
-def test_all_pairs_orders_each_pair_and_counts_every_drop():
-    counts = PairCounts()
-    samples = [("a", 0.0), ("b", 1.0), ("b ", 0.2), ("c", 0.05)]
-    pairs = build_pairs("p", samples, "all", 0.1, counts)
-    got = {(p["chosen"], p["rejected"]) for p in pairs}
-    # 6 candidates: (a,b) (a,b ) (a,c: 0.05 < 0.1) (b,b : identical text) (b,c) (b ,c)
-    assert got == {("b", "a"), ("b ", "a"), ("b", "c"), ("b ", "c")}
-    assert (counts.candidates, counts.kept, counts.near_ties, counts.identical) == (6, 4, 1, 1)
-    assert all(p["chosen_score"] - p["rejected_score"] >= 0.1 for p in pairs)
-
-
-def test_exact_ties_are_dropped_even_with_zero_margin():
-    counts = PairCounts()
-    assert build_pairs("p", [("a", 0.5), ("b", 0.5)], "all", 0.0, counts) == []
-    assert counts.near_ties == 1
 
 
 # --- validation ---------------------------------------------------------------------------------------------------
@@ -79,7 +50,7 @@ def test_preferences_stage_writes_pairs_with_a_valid_card(make_recipe, chat_data
     stages = {
         "sft": sft_stage(chat_data),
         "prefs": {"kind": "preferences", "from": "sft", "prompts": str(card), "k": 3, "pairs": "all",
-                  "min_margin": 0.01, "judge": "pipeline.toy_judges:digit_share",
+                  "min_margin": 0.01, "judge": "pipeline.builtin.toy_judges:digit_share",
                   "sampling": {"max_new_tokens": 8, "batch_size": 12}},
     }
     run(make_recipe(stages))
@@ -96,20 +67,6 @@ def test_preferences_stage_writes_pairs_with_a_valid_card(make_recipe, chat_data
 
 
 # --- the reward stage ---------------------------------------------------------------------------------------------
-
-def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Learnable preference: the digit-heavy answer beats the word-heavy one."""
-    rng = random.Random(seed)
-    words = ["good", "film", "the", "plot", "was", "fine", "story", "yes"]
-    rows = []
-    for i in range(n):
-        digits = " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(2, 5)))
-        text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
-        rows.append({"prompt": [{"role": "user", "content": f"Question {i}?"}],
-                     "chosen": [{"role": "assistant", "content": digits}],
-                     "rejected": [{"role": "assistant", "content": text}]})
-    return rows
-
 
 @pytest.fixture
 def reward_recipe(make_recipe, chat_data, tmp_path):

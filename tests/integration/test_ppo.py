@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, build_upstream, copy_artifacts, run_cli
 from pipeline.errors import RecipeError
+from pipeline.graph.plan import make_plan
+from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from pipeline.runner import make_plan, run_plan
+from support import ROOT, build_upstream, copy_artifacts, run_cli
 
 TINY = ROOT / "recipes" / "tiny.yaml"
 UPSTREAM = ("sft", "preferences", "reward")
@@ -59,7 +60,7 @@ def test_score_rises_while_kl_stays_bounded(out):
     # full weights that load with plain transformers, and differ from the SFT policy
     from transformers import AutoModelForCausalLM
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     ppo = AutoModelForCausalLM.from_pretrained(out / "ppo")
     sft = load_policy(out / "sft")
@@ -80,7 +81,7 @@ def test_lora_policy_reference_is_the_sft_policy_with_the_adapter_off(out):
 
     from peft import PeftModel
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     # the tiny SFT stage leaves an unmerged adapter, so the start weights are the SFT adapter merged into its base
     sft = load_policy(out / "sft")
@@ -144,7 +145,7 @@ def test_ppo_needs_a_reward_stage(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_run_one_data_parallel_ppo(out, monkeypatch):
-    from test_multiprocess import ACCELERATE
+    from support import ACCELERATE
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = run_cli("run", str(TINY), "--only", "ppo", "--set", f"output_dir={out}", "--set", "evaluate=null",
@@ -161,7 +162,7 @@ def test_two_cpu_processes_run_one_data_parallel_ppo(out, monkeypatch):
 @pytest.mark.parametrize("config", ["cpu_2proc_zero2.yaml", "cpu_2proc_zero3.yaml"])
 def test_ppo_under_deepspeed_zero_on_two_cpu_processes(out, monkeypatch, config):
     """ZeRO-2 shards optimizer state and gradients; ZeRO-3 also the weights (gathered for generation and saving)."""
-    from test_multiprocess import ACCELERATE
+    from support import ACCELERATE
 
     launcher = list(ACCELERATE)
     launcher[launcher.index("--config_file") + 1] = str(ROOT / "launch" / config)
@@ -176,7 +177,7 @@ def test_ppo_under_deepspeed_zero_on_two_cpu_processes(out, monkeypatch, config)
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline.artifacts import load_policy
+    from pipeline.artifacts.policy import load_policy
 
     ppo, sft = AutoModelForCausalLM.from_pretrained(out / "ppo"), load_policy(out / "sft")
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])

@@ -6,10 +6,10 @@ import json
 
 import torch
 
-from conftest import sft_stage, write_jsonl
+from pipeline.graph.plan import make_plan
+from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from pipeline.runner import make_plan, run_plan
-from test_preferences_reward import synthetic_pairs
+from support import sft_stage, synthetic_pairs, write_jsonl
 
 
 def run(path):
@@ -34,7 +34,7 @@ def test_reference_stays_frozen_while_the_policy_moves(make_recipe, chat_data, t
     monkeypatch.setenv("PROBE_REFERENCE_FILE", str(probe))
     pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(80))
     stages = dpo_stages(chat_data, pairs)
-    stages["dpo"]["train"]["callbacks"] = ["helpers:ReferenceProbe"]
+    stages["dpo"]["train"]["callbacks"] = ["support.callbacks:ReferenceProbe"]
     run(make_recipe(stages))
     seen = json.loads(probe.read_text())
     assert torch.equal(torch.tensor(seen["reference_begin"]), torch.tensor(seen["reference_end"]))
@@ -72,6 +72,6 @@ def test_full_fine_tuning_dpo_with_an_explicit_frozen_reference(make_recipe, cha
                                                                    "learning_rate": 1e-3, "logging_steps": 5,
                                                                    "save_steps": 100})))
     folder = tmp_path / "out" / "dpo"
-    assert json.loads((folder / "manifest.json").read_text())["model"]["format"] == "full"
+    assert json.loads((folder / "manifest.json").read_text())["output"]["format"] == "full"
     curve = margins(folder)
     assert curve[-1] > curve[0], curve
