@@ -11,6 +11,7 @@ code never asks for a stage kind by name.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -46,7 +47,7 @@ def _must_exist(path: Path, info: ValidationInfo) -> Path:
     if not path.exists():
         where = f" (relative to {folder})" if folder is not None and not written.is_absolute() else ""
         raise ValueError(f"file not found: {written}{where}")
-    return path.absolute()
+    return Path(os.path.normpath(path.absolute()))
 
 
 ExistingPath = Annotated[Path, AfterValidator(_must_exist)]

@@ -8,6 +8,7 @@ recipe itself, ``--output-dir``) are taken from the current directory, as is the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,9 +52,9 @@ class ModelSpec(Strict):
         folder = base_dir(info)
         is_path = source.startswith((".", "/", "~")) or source.endswith(".gguf")
         if folder is not None and is_path and not source.startswith(("/", "~")):
-            source = str((folder / source).absolute())
+            source = os.path.normpath((folder / source).absolute())
         elif folder is not None and not source.startswith(("builtin:", "/", "~")) and (folder / source).exists():
-            source = str((folder / source).absolute())  # a folder named without ./ next to the recipe
+            source = os.path.normpath((folder / source).absolute())  # a folder named without ./ next to the recipe
         if (why := check_source(source)) is not None:
             raise ValueError(why)
         return source
@@ -96,7 +97,7 @@ class Recipe(Strict):
     def _relative_to_recipe(cls, path: Path | None, info: ValidationInfo) -> Path | None:
         folder = base_dir(info)
         if path is not None and folder is not None and not path.expanduser().is_absolute():
-            return (folder / path).absolute()
+            return Path(os.path.normpath((folder / path).absolute()))
         return path.expanduser() if path is not None else None
 
     @property

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-from support import CHAT_ROWS, ROOT, run_cli, sft_stage, write_jsonl
-
-ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-              str(ROOT / "launch" / "cpu_2proc.yaml"), "--main_process_port", "29533", "-m"]
+from support import ACCELERATE, CHAT_ROWS, launcher, run_cli, sft_stage, write_jsonl
 
 
 @pytest.mark.slow
@@ -42,23 +37,21 @@ CHAIN_CUTS = ["--set", "evaluate.n=8", "--set", "stages.sft.train.max_steps=6", 
 def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, config, distributed):
     """sft, preferences, reward, dpo, ppo (tiny.yaml) and grpo, rloo (online.yaml), unchanged, with 2 CPU processes
     under DDP, DeepSpeed ZeRO-2 and ZeRO-3, each policy followed by the gold evaluation."""
-    launcher = list(ACCELERATE)
-    launcher[launcher.index("--config_file") + 1] = str(ROOT / "launch" / config)
-    launcher[launcher.index("--main_process_port") + 1] = "29535"
+    command = launcher(config, 29535)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
-    result = run_cli("run", "recipes/tiny.yaml", "--set", f"output_dir={out}", *CHAIN_CUTS, launcher=launcher,
+    result = run_cli("run", "recipes/tiny.yaml", "--set", f"output_dir={out}", *CHAIN_CUTS, launcher=command,
                      timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     # online.yaml's sft, preferences and reward are tiny.yaml's: with the same cuts they are the artifacts just built
     online = run_cli("run", "recipes/online.yaml", "--only", "grpo", "--only", "rloo", "--set", f"output_dir={out}",
                      *CHAIN_CUTS[:6], "--set", "stages.grpo.train.max_steps=2", "--set",
-                     "stages.rloo.train.max_steps=2", launcher=launcher, timeout=900)
+                     "stages.rloo.train.max_steps=2", launcher=command, timeout=900)
     assert online.returncode == 0, online.stderr[-3000:]
     for stage in ("sft", "reward", "dpo", "ppo", "grpo", "rloo"):
         manifest = json.loads((out / stage / "manifest.json").read_text())
         assert (manifest["world_size"], manifest["distributed_type"]) == (2, distributed), stage
     assert (out / "preferences" / "pairs.jsonl").stat().st_size > 0
     for target in ("base", "sft", "dpo", "ppo", "grpo", "rloo"):
-        evaluation = json.loads((out / target / "eval.json").read_text())
+        evaluation = json.loads((out / f"eval-{target}" / "eval.json").read_text())
         assert evaluation["n"] == 8 and -1.0 <= evaluation["gold_mean"] <= 1.0, target

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,10 +16,10 @@ from support import ROOT
 CONFIGS = sorted((ROOT / "launch").glob("*.yaml"))
 
 
-def test_there_is_a_config_for_each_setup():
-    names = {p.stem for p in CONFIGS}
-    assert {"cpu_2proc", "cpu_2proc_zero2", "cpu_2proc_zero3", "gpu_1", "gpu_ddp", "gpu_zero2", "gpu_zero3",
-            "gpu_zero3_offload", "multinode_zero2"} <= names
+def test_the_readme_documents_every_launch_config_and_no_other():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(\w+\.yaml)`", readme.split("### Several processes")[1].split("\n## ")[0]))
+    assert documented == {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -39,8 +41,29 @@ def test_accelerate_reads_the_config(path: Path):
         assert raw.get("main_process_ip") and raw["num_processes"] % raw["num_machines"] == 0
 
 
-def test_slurm_script_is_valid_bash():
-    assert subprocess.run(["bash", "-n", str(ROOT / "launch" / "slurm.sh")]).returncode == 0
+def test_slurm_script_starts_one_accelerate_launch_per_node_joining_one_job(tmp_path):
+    """slurm.sh under stand-ins for srun, scontrol and accelerate: the launch every node runs."""
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    stub = lambda path, body: (path.write_text("#!/usr/bin/env bash\n" + body), path.chmod(0o755))  # noqa: E731
+    stub(bin_dir / "scontrol", 'printf "node-a\\nnode-b\\n"\n')
+    stub(bin_dir / "srun", 'SLURM_NODEID=1 "$@"\n')  # what node 1 of 2 runs
+    stub(work / ".venv" / "bin" / "accelerate", 'echo "$@" > launched.txt; echo "OMP=$OMP_NUM_THREADS" >> launched.txt\n')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_PER_TASK": "32"}
+    env.pop("OMP_NUM_THREADS", None)
+    result = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sh"), "recipes/rlhf.yaml"], cwd=work, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    args, omp = (work / "launched.txt").read_text().split("\n")[:2]
+    assert args.split() == ["launch", "--config_file", "launch/multinode_zero2.yaml", "--num_machines", "2",
+                            "--num_processes", "8", "--machine_rank", "1", "--main_process_ip", "node-a",
+                            "--main_process_port", "29500", "-m", "pipeline", "run", "recipes/rlhf.yaml"]
+    assert omp == "OMP=8", "the node's CPUs are shared out among its processes"
+    usage = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sh")], cwd=work, env=env, capture_output=True,
+                           text=True)
+    assert usage.returncode != 0 and "usage: sbatch --nodes N launch/slurm.sh RECIPE" in usage.stderr
 
 
 def test_plan_estimates_memory_per_process_for_each_launch_config():

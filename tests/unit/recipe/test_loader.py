@@ -151,3 +151,37 @@ def test_cli_help_explains_each_command():
         assert result.returncode == 0
         assert "--set" in result.stdout
     assert "--force" in run_cli("run", "--help").stdout
+
+
+def test_relative_paths_are_taken_from_the_recipe_folder_wherever_it_runs_from(tmp_path):
+    for cwd in (ROOT, tmp_path, ROOT / "recipes"):
+        result = run_cli("validate", str(ROOT / "recipes" / "tiny.yaml"), cwd=cwd)
+        assert result.returncode == 0, (cwd, result.stderr)
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    assert recipe.stages["sft"].data.card == ROOT / "data_cards" / "tiny_chat.yaml"
+    assert recipe.evaluate.prompts == ROOT / "data_cards" / "tiny_eval_prompts.yaml"
+
+
+def test_a_missing_input_is_one_problem_without_follow_on_errors(tmp_path):
+    text = (ROOT / "recipes" / "tiny.yaml").read_text().replace("../data_cards/tiny_prompts.yaml", "missing.yaml", 1)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text.replace("../data_cards/", str(ROOT / "data_cards") + "/"))
+    problems = problems_of(path)
+    # the preferences stage's prompts are missing; reward and dpo still see it as their preferences upstream
+    assert problems == [f"stages.preferences.prompts: file not found: missing.yaml (relative to {tmp_path})"]
+
+
+def test_settings_a_stage_does_not_use_are_refused_with_the_key_named():
+    problems = problems_of(ROOT / "recipes" / "tiny.yaml", ["stages.ppo.train.callbacks=[support.callbacks:Probe]",
+                                                            "stages.ppo.train.eval_steps=5"])
+    assert problems == ["stages.ppo.train.callbacks: a ppo stage does not use this setting; remove it",
+                        "stages.ppo.train.eval_steps: a ppo stage does not use this setting; remove it"]
+    online = problems_of(ROOT / "recipes" / "online.yaml", ["stages.grpo.train.eval_steps=5"])
+    assert online == ["stages.grpo.train.eval_steps: a grpo stage does not use this setting; remove it"]
+    load_recipe(ROOT / "recipes" / "tiny.yaml", ["stages.sft.train.eval_steps=5"])  # sft evaluates: allowed
+
+
+def test_the_quantisation_checks_ask_each_config_what_it_trains():
+    problems = problems_of(ROOT / "recipes" / "tiny.yaml", ["model.quantization=4bit"])
+    # tiny.yaml trains the reward model and the PPO policy in full, which a quantised base cannot do
+    assert sorted(p.split(":")[0] for p in problems) == ["stages.ppo.lora", "stages.reward.lora"]

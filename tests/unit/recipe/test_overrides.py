@@ -1,0 +1,31 @@
+"""--set reaches every key whatever the recipe's shorthand."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import RecipeError
+from pipeline.recipe import load_recipe
+from support import RECIPES, sft_stage
+
+
+def test_set_reaches_below_the_model_shorthand():
+    recipe = load_recipe(RECIPES / "tiny.yaml", ["model.quantization=4bit", "stages.reward.lora={r: 4}",
+                                                 "stages.ppo.lora={r: 4}", "stages.ppo.value_lora={r: 4}"])
+    assert recipe.model.source == "builtin:tiny-llama" and recipe.model.quantization == "4bit"
+
+
+def test_set_reaches_below_the_data_shorthand(make_recipe, chat_data, tmp_path):
+    stage = sft_stage(chat_data)
+    stage["data"] = str(chat_data)  # shorthand for {path: ...}
+    path = make_recipe({"sft": stage})
+    recipe = load_recipe(path, ["stages.sft.data.max_rows=2"])
+    assert recipe.stages["sft"].data.path == chat_data and recipe.stages["sft"].data.max_rows == 2
+
+
+def test_a_scalar_without_a_shorthand_is_still_refused(make_recipe, chat_data):
+    path = make_recipe({"sft": sft_stage(chat_data)})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["stages.sft.max_length.deep=1"])
+    assert [str(p) for p in info.value.problems] == [
+        "--set stages.sft.max_length.deep=1: 'stages.sft.max_length' is not a mapping"]
