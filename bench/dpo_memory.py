@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pairs_card(folder: Path) -> Path:
     """Conversational pairs from the movie SFT data: the real continuation against another snippet's."""
-    sys.path.insert(0, str(ROOT))
-    from pipeline.cards import card_splits, load_card
+    from pipeline.data.cards import card_splits, load_card
 
     card = ROOT / "data_cards" / "movie_sft.yaml"
     rows = card_splits(load_card(card), str(card))["train"][:200]

@@ -5,11 +5,8 @@
 
 import resource
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.__main__ import main  # noqa: E402
+from pipeline.__main__ import main
 
 code = main(sys.argv[1:])
 print(f"peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")

@@ -110,9 +110,9 @@ def build_setup(work: Path, seed: int) -> Path:
 import json, sys
 from pathlib import Path
 from transformers import AutoTokenizer
-from pipeline.artifacts import load_policy
-from pipeline.cards import card_splits, load_card
-from pipeline.generation import render_prompts
+from pipeline.artifacts.policy import load_policy
+from pipeline.data.cards import card_splits, load_card
+from pipeline.evaluation.generation import render_prompts
 setup, card = Path(sys.argv[1]), sys.argv[2]
 tokenizer = AutoTokenizer.from_pretrained(setup / "sft")
 load_policy(setup / "sft").save_pretrained(setup / "trl-inputs" / "policy")

@@ -98,7 +98,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 DEFAULT_OUT = Path.home() / ".cache" / "alignment-pipeline" / "bench" / "stage_matrix"
@@ -472,8 +471,8 @@ def run_cell(cell: Cell, upstream: Path, out: Path, timeout: float, busy_before:
 
 def prompt_lengths(stage_config: dict, tokenizer_path: str) -> float:
     """Mean token length of the stage's training prompts rendered through the chat template (as PPO samples them)."""
-    from pipeline.cards import card_splits, load_card
-    from pipeline.generation import render_prompts
+    from pipeline.data.cards import card_splits, load_card
+    from pipeline.evaluation.generation import render_prompts
     from pipeline.models import load_tokenizer
 
     card_path = ROOT / stage_config["prompts"]
@@ -650,7 +649,7 @@ def main() -> None:
         print(f"matmul 2048^2 {precision}, {processes} process(es) x {threads} thread(s): {peaks[key] / 1e9:.1f} "
               "GFLOP/s", flush=True)
 
-    from pipeline.models import resolve
+    from pipeline.models.sources import resolve
     from pipeline.recipe import load_recipe
 
     builds = {}
