@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline.data.cards import card_splits, load_card
     from pipeline.builtin.tiny_model import tiny_llama_path
+    from pipeline.data.cards import card_splits, load_card
 
     model_path = str(tiny_llama_path())
     # The plain script reads the same train/eval rows the pipeline gets from the recipe's data card.

@@ -44,6 +44,36 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be in 0..2^32-1, got {value}")
+    return value
+
+
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
     parser.add_argument(
@@ -63,7 +93,11 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_stage", metavar="STAGE",
                         help="rerun STAGE and every stage downstream of it, even if cached")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help="rerun STAGE even if cached, and its downstream stages with it (repeatable)")
+                        help="rerun STAGE from scratch even if cached (its checkpoints are discarded), and its "
+                             "downstream stages with it (repeatable)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every stored artifact the run uses against the sha256 of each of its files "
+                             "(by default: sizes and modification times, and content where those moved)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--judge", default="vader",
                           help='"vader", "module:function" (a Python function (prompts, completions) -> scores) or '
                                '"reward:FOLDER" (a reward stage\'s artifact); default: vader')
-    evaluate.add_argument("--n", type=int, default=256, help="number of prompts (default 256)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=32)
-    evaluate.add_argument("--temperature", type=float, default=1.0)
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--seed", type=int, default=1234)
+    evaluate.add_argument("--n", type=positive_int, default=256, help="number of prompts (default 256)")
+    evaluate.add_argument("--max-new-tokens", type=positive_int, default=32,
+                          help="most tokens per completion (default 32)")
+    evaluate.add_argument("--temperature", type=positive_float, default=1.0,
+                          help="sampling temperature, > 0 (default 1: the model's own distribution, which the KL "
+                               "estimate assumes)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16, help="prompts per batch (default 16)")
+    evaluate.add_argument("--seed", type=seed_value, default=1234, help="sampling and bootstrap seed (default 1234)")
     evaluate.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     evaluate.add_argument("--out", help="folder for eval.json and eval_samples.jsonl (default: ./eval-<name of the "
                                         "target>; stage artifacts themselves are never modified)")
@@ -149,9 +186,11 @@ def _processes(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from .graph.preflight import check_before_running
     from .recipe import load_recipe, topological_order
 
     recipe = load_recipe(args.recipe, args.overrides, _processes(args))
+    check_before_running(recipe, args.recipe)
     order = topological_order(recipe)
     stages = [n for n in order if not recipe.stages[n].attached]
     nodes = len(order) - len(stages)
@@ -162,12 +201,14 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     from .graph.plan import make_plan
+    from .graph.preflight import check_before_running
     from .models.estimate import Layout, estimate
     from .recipe import load_recipe
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
     recipe = load_recipe(args.recipe, args.overrides, layout.processes)
-    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
+    check_before_running(recipe, args.recipe, args.output_dir)
+    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
     print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
     print(f"output: {plan.out_dir}\n")
     header = f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}  reason"
@@ -195,14 +236,17 @@ HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_
 
 def cmd_run(args) -> int:
     from .graph.plan import make_plan
+
+    # the job's real process count: checks that depend on it fail here, before any long work
+    from .graph.preflight import check_before_running
     from .graph.report import format_report, report_rows
     from .graph.runner import run_plan
     from .recipe import load_recipe
     from .training.distributed import shutdown_distributed
 
-    # the job's real process count: checks that depend on it fail here, before any long work
     recipe = load_recipe(args.recipe, args.overrides, int(os.environ.get("WORLD_SIZE", "1")))
-    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force)
+    check_before_running(recipe, args.recipe, args.output_dir)
+    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
     results = run_plan(plan, keep_checkpoints=args.keep_checkpoints)
     shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -223,9 +267,10 @@ def cmd_eval(args) -> int:
     from .artifacts.artifact import Artifact
     from .artifacts.policy import PolicySource
     from .data.loading import card_prompts
-    from .errors import ModelError
+    from .errors import ModelError, UsageError
     from .evaluation.evaluate import evaluate, write_samples
     from .evaluation.settings import EvalSettings, SamplingSettings
+    from .graph.preflight import judge_problem
     from .models.sources import check_source, resolve
     from .store.atomic import write_json
 
@@ -236,6 +281,9 @@ def cmd_eval(args) -> int:
             raise ModelError(f"{spec}: {why}")
         return PolicySource(resolve(spec), False, args.dtype, False)
 
+    if (why := judge_problem(args.judge)) is not None:
+        raise UsageError(f"--judge: {why}")
+    prompts = card_prompts(args.prompts, "eval", args.n)
     policy = source(args.target)
     reference = source(args.reference) if args.reference else None
     artifact = Artifact.read(Path(args.target)) if policy.is_artifact else None
@@ -247,7 +295,6 @@ def cmd_eval(args) -> int:
         sampling=SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   batch_size=args.batch_size),
     )
-    prompts = card_prompts(args.prompts, "eval", args.n)
     policy_model = policy.load()
     metrics, samples = evaluate(policy_model, reference.load() if reference is not None else None,
                                 policy.tokenizer(), prompts, settings)
@@ -292,6 +339,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def capped(message: str, line_limit: int = 600, total_limit: int = 8000) -> str:
+    """Error text of bounded size: a row or value echoed back must not flood the terminal."""
+    lines = [line if len(line) <= line_limit else line[: line_limit - 3] + "..." for line in message.splitlines()]
+    text = "\n".join(lines)
+    return text if len(text) <= total_limit else text[: total_limit - 40] + "\n... (more problems, cut here)"
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     args = build_parser().parse_args(argv)
@@ -303,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {capped(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; the next run resumes from the last checkpoint", file=sys.stderr)

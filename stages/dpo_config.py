@@ -49,6 +49,9 @@ class DPOStageConfig(StageConfig):
     def input_problems(self, upstream: set[str]) -> list[str]:
         return preference_data_problems(self.data, upstream)
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("data", self.data, "preference")] if self.data else []
+
     def input_files(self) -> list[Path]:
         return self.data.files() if self.data else []
 

@@ -29,6 +29,12 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     recipe_section: ClassVar[str] = "evaluate"
     node_prefix: ClassVar[str] = "eval-"
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("prompts", self.prompts, "eval_prompt")]
+
+    def judges(self) -> list[tuple[str, str]]:
+        return [("judge", self.judge)]
+
     def input_files(self) -> list[Path]:
         return [self.prompts]
 

@@ -109,6 +109,9 @@ class PPOStageConfig(StageConfig):
             raise ValueError(f"train.optim: the ppo stage supports {', '.join(OPTIMIZERS)}; got '{self.train.optim}'")
         return self
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("prompts", self.prompts, "prompt")]
+
     def input_files(self) -> list[Path]:
         return [self.prompts]
 

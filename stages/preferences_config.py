@@ -51,6 +51,12 @@ class PreferencesStageConfig(StageConfig):
             return ["a reward stage is named in `from` but judge is not 'reward'"]
         return []
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("prompts", self.prompts, "prompt")]
+
+    def judges(self) -> list[tuple[str, str]]:
+        return [] if self.judge == "reward" else [("judge", self.judge)]
+
     def input_files(self) -> list[Path]:
         return [self.prompts]
 

@@ -33,6 +33,9 @@ class SFTStageConfig(StageConfig):
     produces: ClassVar[str] = "policy"
     accepts: ClassVar[dict[str, bool]] = {"policy": True}
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("data", self.data, "chat")]
+
     def input_files(self) -> list[Path]:
         return self.data.files()
 

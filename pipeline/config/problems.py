@@ -22,8 +22,16 @@ MAX_YAML_NODES = 200_000
 (shared settings), nested aliases that expand to gigabytes ("billion laughs") are refused."""
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, mark):
+        self.problem = f"duplicate key '{key}' (the second would silently replace the first)"
+        self.problem_mark = mark
+        super().__init__(self.problem)
+
+
 def _expanded_size(node, memo: dict[int, int]) -> int:
-    """How many nodes ``node`` stands for with every alias expanded; linear time thanks to ``memo``."""
+    """How many nodes ``node`` stands for with every alias expanded; linear time thanks to ``memo``. Refuses a
+    mapping that repeats a key on the way."""
     key = id(node)
     if key in memo:
         return memo[key]
@@ -31,6 +39,12 @@ def _expanded_size(node, memo: dict[int, int]) -> int:
     if isinstance(node, yaml.SequenceNode):
         size = 1 + sum(_expanded_size(child, memo) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if k.value in seen:
+                    raise DuplicateKey(k.value, k.start_mark)
+                seen.add(k.value)
         size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
     else:
         size = 1
@@ -66,8 +80,9 @@ def read_yaml_mapping(path: str | Path, what: str, keys: str) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(str(path), [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]) \
-            from None
+        problem = getattr(exc, "problem", None) or exc
+        text = f"{problem}" if isinstance(exc, DuplicateKey) else f"not valid YAML: {problem}"
+        raise RecipeError(str(path), [Problem(where, text)]) from None
     if not isinstance(raw, dict):
         raise RecipeError(str(path), [Problem("", f"a {what} is a YAML mapping with {keys}")])
     return raw
@@ -86,6 +101,8 @@ KNOWN_ALIASES = {
     "lr_scheduler_type": "lr_scheduler",
     "model_name_or_path": "source",
     "dataset": "data",
+    "adam": "adamw_torch",
+    "adamw": "adamw_torch",
 }
 
 

@@ -20,15 +20,39 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys are errors, field docstrings are the documentation."""
+    """A config section: unknown keys are errors, field docstrings are the documentation, and a YAML true/false is
+    never taken for a number (pydantic would read `max_steps: true` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            allowed = set(_flat_types(annotation))
+            if allowed & {int, float} and bool not in allowed:
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
     @classmethod
     def expand_shorthand(cls, value: Any) -> dict | None:
         """The mapping a scalar shorthand of this section stands for (``model: x`` for ``model: {source: x}``), or
         None when the section has no shorthand. ``--set a.b.c=v`` uses it to reach keys below a shorthand."""
         return None
+
+
+def _flat_types(annotation) -> list:
+    """The plain types an annotation allows (through Optional, unions and Annotated)."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flat_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, __import__("types").UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _flat_types(arg)]
+    return [annotation]
 
 
 def base_dir(info: ValidationInfo | None) -> Path | None:
@@ -75,7 +99,7 @@ class TrainSettings(Strict):
     """Optimisation settings common to every training stage (mapped onto transformers' TrainingArguments)."""
 
     max_steps: int = Field(-1, ge=-1)
-    """Optimizer steps to run; -1 means run `epochs` epochs."""
+    """Optimizer steps to run (at least 1); -1 means run `epochs` epochs."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the training data when max_steps is -1."""
     learning_rate: float = Field(2e-4, gt=0)
@@ -107,12 +131,52 @@ class TrainSettings(Strict):
     callbacks: list[str] = []
     """Extra transformers TrainerCallback classes, as "module:ClassName" (imported, never evaluated)."""
 
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, steps: int) -> int:
+        if steps == 0:
+            raise ValueError("0 steps trains nothing; give at least 1, or -1 to train `epochs` epochs")
+        return steps
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        from .library_names import scheduler_names
+        from .problems import did_you_mean
+
+        known = scheduler_names()
+        if known is not None and name not in known:
+            raise ValueError(f"unknown scheduler '{name}'{did_you_mean(name, known)}; transformers has: "
+                             f"{', '.join(sorted(known))}")
+        return name
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from .library_names import optimizer_names
+        from .problems import did_you_mean
+
+        known = optimizer_names()
+        if known is not None and name not in known:
+            raise ValueError(f"unknown optimizer '{name}'{did_you_mean(name, known)} (transformers' names, e.g. "
+                             "adamw_torch, adamw_bnb_8bit, sgd, adafactor)")
+        return name
+
     @field_validator("callbacks")
     @classmethod
     def _callback_names(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
         for name in names:
             if name.count(":") != 1 or not all(name.split(":")):
                 raise ValueError(f"'{name}' is not of the form 'module:ClassName'")
+            module = name.split(":")[0]
+            try:
+                found = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                found = None
+            if found is None:
+                raise ValueError(f"'{name}': no module named '{module}' (is it on the Python path?)")
         return names
 
 
@@ -184,6 +248,16 @@ class StageConfig(Strict):
 
     def input_problems(self, upstream: set[str]) -> list[str]:
         """Why this config cannot work with upstream artifacts of these types (checked at validation)."""
+        return []
+
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        """(key, what, kind) for each data input the stage reads from files: ``what`` is a DataSettings (``data:``)
+        or the Path of a card; ``kind`` is "chat" (SFT rows), "preference" or "prompt". Checked row by row before
+        any model is loaded (``validate`` and the start of ``run``)."""
+        return []
+
+    def judges(self) -> list[tuple[str, str]]:
+        """(key, judge spec) of the judges the stage scores with, checked by importing them before any long work."""
         return []
 
     def launch_problems(self, processes: int) -> list[tuple[str, str]]:

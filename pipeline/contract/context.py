@@ -103,12 +103,14 @@ class StageContext:
             write_json(self.out_dir / LOG_HISTORY, history)
 
     def resume_checkpoint(self) -> str | None:
-        """The newest trainer checkpoint in work_dir, if an earlier run of this exact stage was interrupted."""
-        from transformers.trainer_utils import get_last_checkpoint
+        """The newest complete trainer checkpoint in work_dir, if an earlier run of this exact stage was
+        interrupted (half-written ones are skipped and removed)."""
+        from ..training.checkpoints import last_complete_checkpoint
 
-        if not self.work_dir.is_dir():
-            return None
-        last = get_last_checkpoint(str(self.work_dir))
+        if self.is_main:
+            last = last_complete_checkpoint(self.work_dir, self.name)
+        self.barrier()
+        last = last_complete_checkpoint(self.work_dir, self.name) if not self.is_main else last
         if last and self.is_main:
             log.info("[%s] resuming from %s", self.name, last)
         return last

@@ -9,7 +9,7 @@ from typing import Literal
 
 from ..errors import DataError
 from .cards import card_splits, load_card
-from .rows import check_chat_rows, check_rows, read_rows
+from .rows import check_chat_rows, check_rows, prompt_key, read_rows
 from .settings import DataSettings
 from .splits import split_rows, take_rows
 
@@ -25,6 +25,12 @@ def _file_splits(settings: DataSettings, seed: int, columns: tuple[str, ...] | N
         eval_rows = read_rows(settings.eval_path)
         if check(eval_rows, str(settings.eval_path)) != fmt:
             raise DataError(str(settings.eval_path), f"eval data must have the same format as {settings.path} ({fmt})")
+        trained = {prompt_key(r) for r in rows}
+        leaked = [number for number, r in enumerate(eval_rows, start=1) if prompt_key(r) in trained]
+        if leaked:
+            shown = ", ".join(map(str, leaked[:5])) + (f" (+{len(leaked) - 5} more)" if len(leaked) > 5 else "")
+            raise DataError(str(settings.eval_path), f"rows {shown} ask a prompt the training data "
+                                                     f"({settings.path}) also asks: eval must be held out")
         train, evaluation = rows, eval_rows
     else:
         parts = split_rows(rows, settings.eval_fraction, seed, str(settings.path))
@@ -36,6 +42,12 @@ def load_chat_splits(settings: DataSettings, seed: int):
     """Train and eval ``datasets.Dataset`` (eval may be None) with only the columns TRL's SFTTrainer reads."""
     from datasets import Dataset
 
+    train, evaluation, fmt = chat_splits(settings, seed)
+    return Dataset.from_list(train), Dataset.from_list(evaluation) if evaluation else None, fmt
+
+
+def chat_splits(settings: DataSettings, seed: int) -> tuple[list[dict], list[dict], str]:
+    """(train rows, eval rows, format) of SFT data: every row checked, split by the one rule."""
     if settings.card is not None:
         card = load_card(settings.card)
         if card.format not in ("messages", "prompt_completion"):
@@ -47,7 +59,7 @@ def load_chat_splits(settings: DataSettings, seed: int):
         train, evaluation, fmt = _file_splits(settings, seed, None, check_chat_rows)
     if not train:
         raise DataError(str(settings.card or settings.path), "no training rows are left after the eval split")
-    return Dataset.from_list(train), Dataset.from_list(evaluation) if evaluation else None, fmt
+    return train, evaluation, fmt
 
 
 def _check_preferences(rows: list[dict], origin: str) -> str:
@@ -65,7 +77,11 @@ def preference_splits(settings: DataSettings | None, upstream_card: Path | None 
         splits = card_splits(load_card(upstream_card), str(upstream_card))
         return splits["train"], splits["eval"]
     if settings.card is not None:
-        splits = card_splits(load_card(settings.card), str(settings.card))
+        card = load_card(settings.card)
+        if card.format != "preference":
+            raise DataError(str(settings.card), f"this stage trains on preference pairs; the card holds {card.format} "
+                                                "rows")
+        splits = card_splits(card, str(settings.card))
         return take_rows(splits["train"], settings.max_rows), splits["eval"]
     train, evaluation, _ = _file_splits(settings, seed, ("prompt", "chosen", "rejected", "margin"),
                                         _check_preferences)

@@ -27,12 +27,20 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 """The columns a row of each format has (a preference row may also carry a numeric `margin`)."""
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(str(path), f"not UTF-8 text (byte {exc.start}, line {line}); save it as UTF-8") from None
+
+
 def read_rows(path: Path) -> list[dict]:
     """Rows of a local data file as dicts; a line that is not JSON is reported with its number."""
     path = Path(path)
     if path.suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -45,19 +53,25 @@ def read_rows(path: Path) -> list[dict]:
         return rows
     if path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text())
+            rows = json.loads(_text(path))
         except json.JSONDecodeError as exc:
             raise DataError(str(path), f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataError(str(path), "a .json data file must hold a list of objects")
         return rows
     if path.suffix == ".csv":
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
+        import io
+
+        return list(csv.DictReader(io.StringIO(_text(path), newline="")))
     if path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(str(path), f"not a readable parquet file ({first[:200]})") from None
     raise DataError(str(path), f"unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
@@ -102,6 +116,18 @@ def message_problem(messages: list, field: str) -> tuple[str, str] | None:
     return None
 
 
+def turn_order_problem(messages: list[dict], field: str, ends_with_reply: bool = True) -> tuple[str, str] | None:
+    """A conversation is an optional system turn first, then user and assistant turns, a user turn first."""
+    for i, message in enumerate(messages):
+        if message["role"] == "system" and i > 0:
+            return f"{field}[{i}].role", "a system turn may only come first"
+    turns = [m for m in messages if m["role"] != "system"]
+    if turns and turns[0]["role"] != "user":
+        first = messages.index(turns[0])
+        return f"{field}[{first}].role", "the conversation must start with a user turn (after an optional system turn)"
+    return None
+
+
 def _messages_problem(row: dict) -> tuple[str, str] | None:
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -110,7 +136,7 @@ def _messages_problem(row: dict) -> tuple[str, str] | None:
         return problem
     if not any(m["role"] == "assistant" for m in messages):
         return "messages", "has no assistant message to learn from"
-    return None
+    return turn_order_problem(messages, "messages")
 
 
 def _prompt_completion_problem(row: dict) -> tuple[str, str] | None:
@@ -140,13 +166,18 @@ def _turns_problem(value: Any, field: str) -> tuple[str, str] | None:
 
 
 def _prompt_problem(row: dict) -> tuple[str, str] | None:
-    return _turns_problem(row.get("prompt"), "prompt")
+    prompt = row.get("prompt")
+    if problem := _turns_problem(prompt, "prompt"):
+        return problem
+    return turn_order_problem(prompt, "prompt") if isinstance(prompt, list) else None
 
 
 def _preference_problem(row: dict) -> tuple[str, str] | None:
     for field in ("prompt", "chosen", "rejected"):
         if problem := _turns_problem(row.get(field), field):
             return problem
+    if isinstance(row["prompt"], list) and (problem := turn_order_problem(row["prompt"], "prompt")):
+        return problem
     conversational = isinstance(row["prompt"], list)
     for field in ("chosen", "rejected"):
         if isinstance(row[field], list) != conversational:
@@ -154,6 +185,9 @@ def _preference_problem(row: dict) -> tuple[str, str] | None:
             return field, f"must be {kind}, like prompt (a row is all text or all conversational)"
     if row["chosen"] == row["rejected"]:
         return "rejected", "is identical to chosen, so the pair says nothing"
+    margin = row.get("margin")
+    if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin != margin):
+        return "margin", f"must be a number, got {margin!r}"
     return None
 
 

@@ -27,6 +27,12 @@ from .codehash import stage_code
 FINGERPRINT_VERSION = 2  # bump when what a fingerprint covers changes
 
 
+class DamagedArtifact(PipelineError):
+    """A stored artifact's files changed after its stage wrote them."""
+
+    exit_code = 2
+
+
 @dataclass
 class StagePlan:
     name: str
@@ -40,6 +46,11 @@ class StagePlan:
     base model."""
     parts: dict = field(default_factory=dict)
     """Everything the fingerprint is made of (kept in the manifest, compared by the next plan)."""
+
+    @property
+    def fresh(self) -> bool:
+        """Forced stages start over: their checkpoints are discarded, not resumed."""
+        return self.action == "run" and self.reason == "forced"
 
 
 @dataclass
@@ -60,8 +71,10 @@ def digest(obj) -> str:
 
 
 def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (), from_stage: str | None = None,
-              force: list[str] = ()) -> Plan:
-    """Fingerprint every node and decide what runs. Raises PipelineError for unknown or unbuildable selections."""
+              force: list[str] = (), verify: bool = False) -> Plan:
+    """Fingerprint every node and decide what runs. Raises PipelineError for unknown or unbuildable selections, and
+    for stored artifacts the run would use (cached, or read by a stage that runs) whose files no longer match what
+    their stage wrote (checked by size and modification time, by content where those moved or with ``verify``)."""
     out_dir = Path(out_dir) if out_dir is not None else recipe.out_dir
     for name in [*only, *force, *([from_stage] if from_stage else [])]:
         if name not in recipe.stages:
@@ -123,7 +136,26 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
 
     plan = Plan(recipe, out_dir, base_model_path, model_inputs["fingerprint"], plans)
     _check_upstreams_ready(plan)
+    _check_artifacts_intact(plan, verify)
     return plan
+
+
+def _check_artifacts_intact(plan: Plan, full: bool) -> None:
+    """Every stored artifact this run reads or keeps is what its stage wrote."""
+    used = {s.name for s in plan.stages if s.action == "cached"}
+    rebuilt = {s.name for s in plan.stages if s.action == "run"}
+    for stage in plan.stages:
+        if stage.action == "run":
+            used |= {up for up in plan.recipe.stages[stage.name].from_ if up not in rebuilt}
+    damaged = []
+    for name in [s.name for s in plan.stages if s.name in used]:
+        artifact = Artifact.read(plan.out_dir / name)
+        if artifact is not None and (why := artifact.damage(full)) is not None:
+            damaged.append(f"{plan.out_dir / name}: {why}")
+    if damaged:
+        names = [d.split(": ")[0].rsplit("/", 1)[-1] for d in damaged]
+        raise DamagedArtifact("stored artifacts do not match what their stages wrote:\n  - " + "\n  - ".join(damaged)
+                              + f"\nrebuild with: {' '.join(f'--force {n}' for n in names)}")
 
 
 def _selection(recipe: Recipe, only: list[str], from_stage: str | None) -> set[str]:

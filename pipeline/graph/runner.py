@@ -9,16 +9,18 @@ its manifest; barriers separate stages so no rank reads an artifact before it ex
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from datetime import datetime, timezone
 
-from ..artifacts.artifact import MANIFEST, METRICS, Artifact
+from ..artifacts.artifact import MANIFEST, METRICS, Artifact, non_finite_weights, record_files
 from ..artifacts.outputs import StageResult, output_to_dict
 from ..contract.context import StageContext
-from ..errors import PipelineError
+from ..errors import PipelineError, TrainingDiverged, storage_error
 from ..recipe.kinds import stage_module
 from ..store.atomic import replace_dir, write_json
+from ..store.lock import OutputLock
 from ..training.distributed import current_distributed_type
 from .plan import Plan, StagePlan
 from .provenance import git_commit, host, package_versions
@@ -27,26 +29,60 @@ log = logging.getLogger("pipeline")
 
 
 def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
-    """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk)."""
+    """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk).
+
+    The main process holds the output folder's lock for the whole run (a second run into it refuses at once) and
+    clears what dead runs left behind before anything else."""
     from ..training.distributed import announce_deepspeed_build, distributed_state, forget_deepspeed_config
 
     state = distributed_state()
-    if state.is_main_process:
-        announce_deepspeed_build(log)
-    results: dict[str, dict] = {}
-    for stage in plan.stages:
-        final = plan.out_dir / stage.name
-        if stage.action == "skip":
-            continue
-        forget_deepspeed_config()
-        if stage.action == "cached":
-            if state.is_main_process:
-                log.info("[%s] cached (%s)", stage.name, final)
-            results[stage.name] = Artifact.read(final).metrics
-        else:
-            results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
-    state.wait_for_everyone()
-    return results
+    lock = OutputLock(plan.out_dir) if state.is_main_process else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if state.is_main_process:
+            announce_deepspeed_build(log)
+            clear_leftovers(plan)
+        state.wait_for_everyone()
+        results: dict[str, dict] = {}
+        for stage in plan.stages:
+            final = plan.out_dir / stage.name
+            if stage.action == "skip":
+                continue
+            forget_deepspeed_config()
+            if stage.action == "cached":
+                if state.is_main_process:
+                    log.info("[%s] cached (%s)", stage.name, final)
+                results[stage.name] = Artifact.read(final).metrics
+            else:
+                results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
+        state.wait_for_everyone()
+        return results
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def clear_leftovers(plan: Plan) -> None:
+    """Remove what killed runs left in the output folder: half-written artifact folders (.tmp-*, .old-*) and work
+    folders (checkpoints) of stages and configs the plan no longer has. Runs under the folder's lock."""
+    out = plan.out_dir
+    if not out.is_dir():
+        return
+    for leftover in [*out.glob(".tmp-*"), *out.glob(".old-*")]:
+        log.info("removing %s, left by a run that did not finish", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    current = {work_dir(plan, stage).name for stage in plan.stages}
+    work = out / ".work"
+    for folder in work.glob("*") if work.is_dir() else []:
+        if folder.name not in current:
+            log.info("removing %s: checkpoints of a stage or config this recipe no longer has", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def work_dir(plan: Plan, stage: StagePlan):
+    """Persistent scratch (checkpoints) of one stage and fingerprint."""
+    return plan.out_dir / ".work" / f"{stage.name}-{stage.fingerprint[:12]}"
 
 
 def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> dict:
@@ -57,11 +93,14 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
     final = plan.out_dir / name
     # Names every rank can compute alike; the fingerprint keeps checkpoints of another config from being resumed.
     tmp = plan.out_dir / f".tmp-{name}-{stage.fingerprint[:12]}"
-    work = plan.out_dir / ".work" / f"{name}-{stage.fingerprint[:12]}"
+    work = work_dir(plan, stage)
     if state.is_main_process:
         log.info("[%s] running %s stage (%s)", name, config.kind, stage.reason)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if stage.fresh and work.exists():
+            log.info("[%s] --force: discarding the checkpoints in %s", name, work)
+            shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
 
@@ -90,7 +129,14 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
     set_seed(recipe.seed)
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    result = module.run(ctx)
+    try:
+        result = module.run(ctx)
+    except BaseException as exc:
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-made stays; the checkpoints in work/ do
+        if (explained := storage_error(exc, name, plan.out_dir)) is not None:
+            raise explained from None
+        raise
     wall = time.perf_counter() - clock
     if not isinstance(result, StageResult) or result.output.produces != config.produces:
         got = type(result).__name__ if not isinstance(result, StageResult) else f"a {result.output.produces} output"
@@ -121,9 +167,17 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
             "packages": package_versions(),
             "recipe": recipe.name,
         }
-        write_json(tmp / METRICS, result.metrics)
-        write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, final)
+        try:
+            refuse_non_finite(name, tmp, result.metrics)
+            write_json(tmp / METRICS, result.metrics)
+            manifest["files"] = record_files(tmp)
+            write_json(tmp / MANIFEST, manifest)
+            replace_dir(tmp, final)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (explained := storage_error(exc, name, plan.out_dir)) is not None:
+                raise explained from None
+            raise
         if not keep_checkpoints:
             shutil.rmtree(work, ignore_errors=True)
             if work.parent.is_dir() and not any(work.parent.iterdir()):
@@ -131,6 +185,15 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         log.info("[%s] done in %.1f s -> %s", name, wall, final)
     state.wait_for_everyone()
     return result.metrics
+
+
+def refuse_non_finite(name: str, folder, metrics: dict) -> None:
+    """Never commit a diverged stage: non-finite losses or weights fail it, naming what."""
+    for key, value in metrics.items():
+        if "loss" in key and isinstance(value, float) and not math.isfinite(value):
+            raise TrainingDiverged(f"stage '{name}': {key} is {value}; nothing was committed")
+    if (bad := non_finite_weights(folder)) is not None:
+        raise TrainingDiverged(f"stage '{name}': the weights it wrote hold NaN or inf ({bad}); nothing was committed")
 
 
 def _lineage(upstream: dict[str, Artifact]) -> list[dict]:

@@ -54,15 +54,37 @@ def _quantized_loading(quantization: str | None, dtype: str = "auto") -> dict:
 
 
 def _load_pretrained(auto_class, what: str, path: str, dtype: str, quantization: str | None, **kwargs):
-    """``auto_class.from_pretrained`` with the recipe's dtype and quantisation; 4-bit layers kept trainable on CPU."""
+    """``auto_class.from_pretrained`` with the recipe's dtype and quantisation; 4-bit layers kept trainable on CPU.
+    A model whose weights are damaged or hold NaN/inf is refused, naming the file or the tensor."""
+    from pathlib import Path
+
+    from .sources import safetensors_problem
+
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+        if (why := safetensors_problem(file)) is not None:
+            raise ModelError(f"cannot load {what}: {why}")
     try:
         model = auto_class.from_pretrained(path, dtype=torch_dtype(dtype), **_quantized_loading(quantization, dtype),
                                            **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load {what} from {path}: {exc}") from None
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {what} from {path}: {first[:300]}") from None
+    if (bad := first_non_finite(model)) is not None:
+        raise ModelError(f"{path}: weight {bad} holds NaN or inf values; the model is damaged (or diverged in "
+                         "training)")
     if quantization == "4bit":
         keep_4bit_trainable_on_cpu(model)
     return model
+
+
+def first_non_finite(model) -> str | None:
+    """The name of the first floating-point parameter or buffer holding NaN or inf, or None."""
+    import torch
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all():
+            return name
+    return None
 
 
 def load_causal_lm(

@@ -21,7 +21,8 @@ from .kinds import config_classes
 from .overrides import apply_override, schema_walker
 from .schema import Recipe
 
-STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""Stage names become folder names: letters, digits, '_' and '-', nothing else (no spaces, no newline)."""
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), processes: int = 1) -> Recipe:
@@ -72,7 +73,7 @@ def validate_raw(raw: dict, base_dir: Path | None = None, processes: int = 1) ->
     produced: dict[str, tuple[str, str]] = {}
     for name, body in stages_raw.items():
         where = f"stages.{name}"
-        if not isinstance(name, str) or not STAGE_NAME.match(name):
+        if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
             problems.append(Problem(where, "stage names use letters, digits, '_' and '-' only"))
             continue
         if any(name.startswith(prefix) for prefix in reserved):

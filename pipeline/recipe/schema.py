@@ -79,8 +79,8 @@ class Recipe(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Run name; the default output folder is runs/<name> (under the current directory)."""
-    seed: int = 42
-    """Seed for every stage (data order, initialisation, sampling)."""
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    """Seed for every stage (data order, initialisation, sampling); 0 .. 2^32-1, as numpy and torch take."""
     output_dir: Path | None = None
     """Where stage artifacts go (a relative path is taken from the recipe's folder); default runs/<name> under the
     current directory."""

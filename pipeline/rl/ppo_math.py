@@ -63,9 +63,10 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KL
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
     """Per-token rewards: -kl_coef * KL on every response token, plus the sequence's score on its last token."""
+    # lengths are counted in integers: in bf16 a sum of 257 ones is 256, which would put the score a token early
+    lengths = mask.long().sum(-1)
     mask = mask.to(kl.dtype)
     rewards = -kl_coef * kl * mask
-    lengths = mask.sum(-1).long()
     last = (lengths - 1).clamp(min=0)
     rows = torch.arange(len(scores), device=rewards.device)
     # an empty response (length 0) has no token to carry the score
@@ -162,8 +163,10 @@ class FixedKLController:
 class AdaptiveKLController:
     """Ziegler et al.'s proportional controller: moves the coefficient so the measured KL tracks ``target``.
 
-    error = clip(KL / target - 1, -0.2, 0.2); coef *= 1 + error * n_steps / horizon, where n_steps is the number of
-    samples the KL was measured on and horizon sets how fast the coefficient may move.
+    error = clip(KL / target - 1, -0.2, 0.2); coef *= 1 + error * min(n_steps / horizon, 1), where n_steps is the
+    number of samples the KL was measured on and horizon sets how fast the coefficient may move. The step fraction is
+    capped at 1, so one update moves the coefficient by at most 20% and it stays positive (uncapped, a batch larger
+    than 5 horizons would drive it to zero or below, which rewards KL).
     """
 
     value: float
@@ -174,7 +177,7 @@ class AdaptiveKLController:
         if not math.isfinite(current_kl):
             return
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + error * n_steps / self.horizon
+        self.value *= 1 + error * min(n_steps / self.horizon, 1.0)
 
     def state_dict(self) -> dict:
         return {"value": self.value}
@@ -206,6 +209,13 @@ class RunningMoments:
     @property
     def std(self) -> float:
         return math.sqrt(max(self.var, 0.0))
+
+    @property
+    def scale(self) -> float:
+        """What to divide scores by: the running std, or 1 while it is 0 (every score so far equal) or unknown; a
+        floor of 1e-8 would blow equal first scores up by 10^8."""
+        std = self.std
+        return std if self.count > 1 and std > 1e-6 else 1.0
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "var": self.var, "count": self.count}

@@ -78,6 +78,9 @@ class OnlineStageConfig(StageConfig):
     def memory_profile(self) -> MemoryProfile:
         return MemoryProfile(self.train, self.lora, self.max_completion_length + 128)
 
+    def data_inputs(self) -> list[tuple[str, object, str]]:
+        return [("prompts", self.prompts, "prompt")]
+
     def input_files(self) -> list[Path]:
         return [self.prompts]
 

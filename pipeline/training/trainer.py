@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import re
 from pathlib import Path
 
 from ..config.schema import LoraSettings, TrainSettings
-from ..errors import PipelineError
+from ..errors import PipelineError, TrainingDiverged
 from .distributed import on_gpu, world_size
 
 log = logging.getLogger("pipeline")
@@ -49,6 +50,8 @@ def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bo
         save_total_limit=1,
         eval_strategy=("steps" if train.eval_steps else "no") if has_eval else "no",
         eval_steps=train.eval_steps,
+        # a NaN loss must show in the log (transformers would replace it by the running mean); GuardCallback stops
+        logging_nan_inf_filter=False,
         seed=seed,
         data_seed=seed,
         report_to="none",
@@ -103,6 +106,58 @@ def load_callbacks(names: list[str]) -> list:
     return callbacks
 
 
+def guard_callback(ctx):
+    """The callback every TRL stage trains with: stops at the first non-finite gradient or logged loss (naming the
+    step), and marks each checkpoint complete once the trainer has written all of it."""
+    import torch
+    from transformers import TrainerCallback
+
+    from .checkpoints import mark_complete
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"stage '{ctx.name}': training diverged at step {step}: {what}. Nothing was saved; the last good "
+            f"checkpoint (if any) is kept in {ctx.work_dir}. Lower the learning rate, or check the data and model")
+
+    class Guard(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if model is None:
+                return
+            for name, param in model.named_parameters():
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    raise diverged(state.global_step + 1, f"the gradient of {name} holds NaN or inf")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise diverged(state.global_step, f"{key} is {value}")
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank has written its part (DeepSpeed shards)
+            if state.is_world_process_zero:
+                mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return Guard()
+
+
+def mean_logged_loss(history: list[dict]) -> float | None:
+    """The training loss over every step, from the per-step log: each logged loss weighted by the steps it
+    averages. A resumed run's log is the uninterrupted run's, so both report the same figure (transformers' own
+    train_loss covers only the steps since the resume)."""
+    total, steps, previous = 0.0, 0, 0
+    for row in history:
+        if "loss" in row and "step" in row and isinstance(row["loss"], (int, float)):
+            window = row["step"] - previous
+            total += row["loss"] * window
+            steps += window
+            previous = row["step"]
+    return total / steps if steps else None
+
+
 def train_and_measure(ctx, trainer, train_size: int, unit: str, eval_size: int | None = None) -> dict:
     """Train (resuming from a checkpoint if one exists), evaluate, save the log; return the stage's metrics.
 
@@ -115,9 +170,12 @@ def train_and_measure(ctx, trainer, train_size: int, unit: str, eval_size: int |
             "[%s] %d of %d training %s were dropped by TRL's preprocessing (longer than max_length, or no "
             "completion token left); raise max_length to keep them", ctx.name, skipped, train_size, unit)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
-    metrics = {"train_loss": result.training_loss, "global_step": result.global_step, f"train_{unit}": train_size,
+    logged_loss = mean_logged_loss(trainer.state.log_history)
+    metrics = {"train_loss": logged_loss if logged_loss is not None else result.training_loss,
+               "global_step": result.global_step, f"train_{unit}": train_size,
                f"train_{unit}_skipped": skipped,
-               **{k: v for k, v in result.metrics.items() if k.startswith("train_") or k == "epoch"}}
+               **{k: v for k, v in result.metrics.items()
+                  if (k.startswith("train_") and k != "train_loss") or k == "epoch"}}
     if eval_size:
         metrics.update(trainer.evaluate())
         metrics[f"eval_{unit}"] = eval_size
@@ -142,7 +200,7 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(lora, lora_task, modules_to_save, model) if lora is not None else None,
-        callbacks=load_callbacks(train.callbacks),
+        callbacks=[guard_callback(ctx), *load_callbacks(train.callbacks)],
         **(trainer_args or {}),
     )
     if prepare is not None:

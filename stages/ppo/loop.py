@@ -24,7 +24,7 @@ import torch
 from pipeline.artifacts.policy import save_policy_model
 from pipeline.contract import PolicyOutput, StageContext
 from pipeline.data.loading import card_prompts
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
 from pipeline.models.loading import load_sequence_classifier
 from pipeline.models.reward_model import RewardModel
@@ -245,7 +245,7 @@ class PPORun:
             scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
         if config.score_norm == "running":
             self.score_moments.update(self.accelerator.gather(scores).cpu())
-            scores = scores / max(self.score_moments.std, 1e-8)
+            scores = scores / self.score_moments.scale
         elif config.score_norm == "batch":
             everyone = self.accelerator.gather(scores)
             scores = (scores - everyone.mean()) / everyone.std().clamp(min=1e-8)
@@ -293,9 +293,14 @@ class PPORun:
                         if config.entropy_coef == 0 else \
                         ppo_math.masked_mean(ppo_math.entropy_from_logits(logits / config.sampling.temperature), mask)
                     loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * entropy
+                    if not torch.isfinite(loss):
+                        raise self._diverged(f"the loss is {loss.item()} (policy {pg_loss.item()}, value "
+                                             f"{vf_loss.item()})")
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and config.train.max_grad_norm > 0:
-                        self.accelerator.clip_grad_norm_(self.parameters, config.train.max_grad_norm)
+                        norm = self.accelerator.clip_grad_norm_(self.parameters, config.train.max_grad_norm)
+                        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                            raise self._diverged(f"the gradient norm is {float(norm)}")
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 if self.accelerator.sync_gradients:
@@ -306,6 +311,11 @@ class PPORun:
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
         return {key: value / count for key, value in totals.items()}
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"stage '{self.ctx.name}': training diverged at PPO step {self.step + 1}: {what}. "
+                                f"Nothing was saved; the last good checkpoint (if any) is kept in {self.ctx.work_dir}. "
+                                "Lower the learning rate, or check the reward model")
 
     def _mean(self, value: float | torch.Tensor) -> float:
         """Mean of a per-process scalar over all processes."""

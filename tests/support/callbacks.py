@@ -54,3 +54,25 @@ class ReferenceProbe(TrainerCallback):
         with open(os.environ["PROBE_REFERENCE_FILE"], "w") as handle:
             json.dump({"reference_begin": self.begin[0], "reference_end": end[0], "policy_begin": self.begin[1],
                        "policy_end": end[1]}, handle)
+
+
+class KillDuringSave(TrainerCallback):
+    """Armed by $PROBE_KILL_DURING_SAVE=N: the trainer's checkpoint at step N is cut off half-way (the model and
+    optimizer written, the RNG file half, no trainer state) and the process dies at once, as under kill -9."""
+
+    def __init__(self):
+        step = os.environ.get("PROBE_KILL_DURING_SAVE")
+        if not step:
+            return
+        from transformers import Trainer
+
+        original = Trainer._save_rng_state
+
+        def dying_save(trainer, output_dir):
+            if trainer.state.global_step == int(step):
+                with open(os.path.join(output_dir, "rng_state.pth"), "wb") as handle:
+                    handle.write(b"half a file")
+                os._exit(9)
+            return original(trainer, output_dir)
+
+        Trainer._save_rng_state = dying_save

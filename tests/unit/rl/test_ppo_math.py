@@ -122,3 +122,34 @@ def test_running_moments_match_the_whole_stream():
     assert moments.count == 23
     assert moments.mean == pytest.approx(everything.mean().item())
     assert moments.std == pytest.approx(everything.std(unbiased=False).item())
+
+
+def test_the_score_lands_on_the_last_token_of_long_bf16_responses():
+    # in bf16, a sum of 257 ones is 256 (and 1199 is 1200): counted in floats the score would land a token early
+    for length in (257, 1199):
+        mask = torch.zeros(1, length + 3, dtype=torch.bfloat16)
+        mask[0, :length] = 1
+        kl = torch.zeros(1, length + 3, dtype=torch.bfloat16)
+        rewards = pm.token_rewards(torch.tensor([2.0]), kl, 0.1, mask)
+        assert rewards[0, length - 1].item() == 2.0 and rewards[0].sum().item() == 2.0
+
+
+def test_the_adaptive_coefficient_stays_positive_when_batches_outgrow_the_horizon():
+    controller = pm.AdaptiveKLController(0.2, target=6.0, horizon=10)
+    controller.update(0.0, n_steps=100)  # KL far below target, 10 horizons of samples in one update
+    assert controller.value == pytest.approx(0.2 * 0.8), "one update moves the coefficient by at most 20%"
+    for _ in range(50):
+        controller.update(0.0, n_steps=100)
+    assert controller.value > 0
+    up = pm.AdaptiveKLController(0.2, target=6.0, horizon=10)
+    up.update(100.0, n_steps=1000)
+    assert up.value == pytest.approx(0.24)
+
+
+def test_running_normaliser_does_not_blow_up_equal_first_scores():
+    moments = pm.RunningMoments()
+    assert moments.scale == 1.0
+    moments.update(torch.tensor([0.7, 0.7, 0.7, 0.7]))
+    assert moments.std == 0.0 and moments.scale == 1.0, "no spread yet: scores are left as they are"
+    moments.update(torch.tensor([1.7, -0.3]))
+    assert moments.scale == pytest.approx(moments.std) and moments.scale > 0.5
