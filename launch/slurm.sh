@@ -10,7 +10,8 @@ set -euo pipefail
 RECIPE=${1:?usage: sbatch --nodes N launch/slurm.sh RECIPE [ACCELERATE_CONFIG]}
 CONFIG=${2:-launch/multinode_zero2.yaml}
 GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-8}
-MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads every line: `head -n 1` would end the pipe early, and under pipefail the SIGPIPE fails the job
+MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( SLURM_CPUS_PER_TASK / GPUS_PER_NODE ))}
 # The project's virtualenv must be on shared storage (or built on every node with `make setup`).

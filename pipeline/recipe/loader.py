@@ -87,7 +87,7 @@ def validate_raw(raw: dict, base_dir: Path | None = None, processes: int = 1) ->
         if kind is None:
             problems.append(Problem(f"{where}.kind", f"missing; one of: {', '.join(sorted(kinds))}"))
             continue
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             problems.append(Problem(f"{where}.kind", f"unknown stage kind '{kind}'{did_you_mean(str(kind), kinds)}"))
             continue
         produced[name] = (kind, kinds[kind].produces)

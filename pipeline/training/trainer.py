@@ -120,6 +120,19 @@ def guard_callback(ctx):
             f"checkpoint (if any) is kept in {ctx.work_dir}. Lower the learning rate, or check the data and model")
 
     class Guard(TrainerCallback):
+        trainer = None
+        """Set by train_with_trl: the trainer whose counters a resume must restore."""
+        resumed = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # TRL counts the tokens trained on (`num_tokens` in logs and metrics) in an attribute no checkpoint
+            # keeps: after a resume it would restart from 0. Take it up where the log left it.
+            if not self.resumed and state.global_step > 0 and hasattr(self.trainer, "_total_train_tokens"):
+                logged = [row["num_tokens"] for row in state.log_history if "num_tokens" in row]
+                if logged and not self.trainer._total_train_tokens:
+                    self.trainer._total_train_tokens = logged[-1]
+            self.resumed = True
+
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             if model is None:
                 return
@@ -193,6 +206,7 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
     Returns (trainer, metrics); the stage saves what it produced."""
     args = config_class(**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None),
                         **(method_args or {}))
+    guard = guard_callback(ctx)
     trainer = trainer_class(
         model=model,
         args=args,
@@ -200,9 +214,10 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(lora, lora_task, modules_to_save, model) if lora is not None else None,
-        callbacks=[guard_callback(ctx), *load_callbacks(train.callbacks)],
+        callbacks=[guard, *load_callbacks(train.callbacks)],
         **(trainer_args or {}),
     )
+    guard.trainer = trainer
     if prepare is not None:
         prepare(trainer)
     eval_size = len(eval_dataset) if eval_dataset is not None and evaluate_at_end else None
