@@ -169,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_show.add_argument("card")
     data_show.add_argument("--tokenizer", help="model (folder, builtin:NAME) whose tokenizer counts tokens")
 
+    export = commands.add_parser(
+        "export", help="write a stage's model as a folder that needs nothing of this project (and push it to the Hub)",
+        description="Export a policy or reward-model artifact: merged safetensors (or, with --adapter, the adapter and "
+                    "a copy of its base), tokenizer with chat template, generation config and a model card (README.md "
+                    "with the Hub's front matter: lineage, data licences, metrics, the gold evaluation table).")
+    export.add_argument("target", help="a stage folder (runs/rlhf/dpo), or a stage name with --recipe")
+    export.add_argument("--to", required=True, help="the folder to write (new, or empty)")
+    export.add_argument("--recipe", help="the recipe whose stage TARGET names (its output folder is searched)")
+    export.add_argument("--output-dir", help="with --recipe: where the run's artifacts are (default: from the recipe)")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the exported weights "
+                                                                                    "(default: as trained)")
+    export.add_argument("--adapter", action="store_true",
+                        help="export the LoRA adapter and a copy of its base under base/ instead of merged weights")
+    export.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this Hub repository (needs the "
+                                                              "network and a token)")
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+
     report = commands.add_parser("report", help="print the gold evaluation table of a recipe's run",
                                  description="Print the eval.json rows of the base model and each policy stage.")
     _recipe_args(report)
@@ -289,7 +306,7 @@ def cmd_eval(args) -> int:
     artifact = Artifact.read(Path(args.target)) if policy.is_artifact else None
     if reference is None and artifact is not None:
         start = artifact.policy.start
-        reference = PolicySource(start.path, start.is_artifact, args.dtype, False)
+        reference = PolicySource(start.resolve(artifact.path), start.is_artifact, args.dtype, False)
     settings = EvalSettings(
         prompts=args.prompts, n=args.n, judge=args.judge, seed=args.seed,
         sampling=SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -327,6 +344,34 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .artifacts.artifact import Artifact
+    from .artifacts.export import export, push_to_hub
+    from .errors import UsageError
+
+    folder = Path(args.target)
+    if args.recipe:
+        from .recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if args.target not in recipe.stages:
+            raise UsageError(f"{args.recipe} has no stage named '{args.target}'; stages: {', '.join(recipe.stages)}")
+        folder = Path(args.output_dir) if args.output_dir else recipe.out_dir
+        folder = folder / args.target
+    artifact = Artifact.read(folder)
+    if artifact is None:
+        raise UsageError(f"{folder}: not a stage artifact (no readable manifest.json); has the stage run?")
+    if (why := artifact.damage()) is not None:
+        raise UsageError(f"{folder}: {why}; rebuild it with --force {folder.name}")
+    out = export(artifact, Path(args.to), args.dtype, args.adapter)
+    print(f"exported {folder} -> {out}")
+    if args.push_to_hub:
+        print(f"uploaded: {push_to_hub(out, args.push_to_hub, args.private)}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .graph.plan import make_plan
     from .graph.report import format_report, report_rows
@@ -353,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import PipelineError
 
     handlers = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "eval": cmd_eval, "data": cmd_data,
-                "report": cmd_report}
+                "report": cmd_report, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

@@ -9,7 +9,7 @@ from trl import DPOConfig, DPOTrainer
 
 from pipeline.artifacts.policy import save_policy
 from pipeline.contract import StageContext, StageResult
-from pipeline.data.loading import preference_splits
+from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
 from pipeline.training.trainer import train_with_trl
 
 from .dpo_config import DPOStageConfig
@@ -20,11 +20,14 @@ def run(ctx: StageContext) -> StageResult:
     preferences = ctx.upstream_of("preferences")
     card = preferences.path / preferences.output.data_card if preferences is not None else None
     train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
+    source = ctx.policy_source()
+    tokenizer, model = source.tokenizer(), source.load()
+    if tokenizer.chat_template and has_string_rows(train_rows):
+        # rendered through the chat template, like the prompts the pipeline samples and evaluates
+        train_rows, eval_rows = as_conversations(train_rows), as_conversations(eval_rows)
     keep = ("prompt", "chosen", "rejected")
     train_data = Dataset.from_list([{k: r[k] for k in keep} for r in train_rows])
     eval_data = Dataset.from_list([{k: r[k] for k in keep} for r in eval_rows]) if eval_rows else None
-    source = ctx.policy_source()
-    tokenizer, model = source.tokenizer(), source.load()
     reference = None
     if config.lora is None or config.reference == "copy":
         # Full fine-tuning: TRL would rebuild the reference from the model's hub name, which for a merged upstream

@@ -33,8 +33,8 @@ def run(ctx: StageContext) -> StageResult:
     else:
         policy = artifact_source(ctx.recipe, upstream.path)
         start = upstream.policy.start
-        reference = artifact_source(ctx.recipe, Path(start.path)) if start.is_artifact \
-            else base_source(ctx.recipe, start.path)
+        reference = artifact_source(ctx.recipe, Path(start.resolve(upstream.path))) if start.is_artifact \
+            else base_source(ctx.recipe, ctx.base_model_path)
     prompts = card_prompts(config.prompts, "eval", config.n)
     log.info("[%s] gold evaluation of %s on %d prompts (judge %s)", ctx.name, target, len(prompts), config.judge)
     tokenizer = policy.tokenizer()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from trl import RewardConfig, RewardTrainer
 
+from pipeline.artifacts.policy import base_ref, point_adapter_at
 from pipeline.contract import RewardModelOutput, StageContext, StageResult
-from pipeline.data.loading import preference_splits
+from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
 from pipeline.models.loading import load_sequence_classifier, torch_dtype
 from pipeline.models.reward_model import RewardModel
 from pipeline.training.trainer import train_with_trl
@@ -26,12 +27,15 @@ def run(ctx: StageContext) -> StageResult:
     preferences = ctx.upstream_of("preferences")
     card = preferences.path / preferences.output.data_card if preferences is not None else None
     train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
+    tokenizer = ctx.policy_source().tokenizer()
+    if tokenizer.chat_template and has_string_rows(train_rows):
+        # scored through the chat template later (pipeline.models.reward_model): train on the same rendering
+        train_rows, eval_rows = as_conversations(train_rows), as_conversations(eval_rows)
     keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
     train_rows = [{k: r[k] for k in keep} for r in train_rows]
     eval_rows = [{k: r[k] for k in keep} for r in eval_rows]
     from datasets import Dataset
 
-    tokenizer = ctx.policy_source().tokenizer()
     start = ctx.start_folder()
     quantization = ctx.recipe.model.quantization
     model = load_sequence_classifier(start, ctx.recipe.model.dtype, quantization)
@@ -58,7 +62,12 @@ def run(ctx: StageContext) -> StageResult:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
         metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
     _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None, dense_start=start if quantization else None)
-    return StageResult(RewardModelOutput("adapter" if config.lora else None), metrics)
+    adapter_base = None
+    if config.lora is not None:
+        adapter_base = base_ref(ctx, ctx.policy_source())
+        if ctx.is_main:
+            point_adapter_at(ctx.out_dir / "adapter" / "adapter_config.json", adapter_base.resolve(ctx.final_dir))
+    return StageResult(RewardModelOutput("adapter" if config.lora else None, adapter_base), metrics)
 
 
 def _heldout_metrics(ctx: StageContext, scorer: RewardModel, rows: list[dict]) -> dict:

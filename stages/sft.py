@@ -32,9 +32,10 @@ def _final_turn_as_completion(dataset, stage: str):
 
 def run(ctx: StageContext) -> StageResult:
     config: SFTStageConfig = ctx.config
-    train_data, eval_data, fmt = load_chat_splits(config.data, ctx.seed)
     source = ctx.policy_source()
     tokenizer = source.tokenizer()
+    train_data, eval_data, fmt = load_chat_splits(config.data, ctx.seed,
+                                                  conversational=bool(tokenizer.chat_template))
     completion_only = config.loss_on == "completion"
     if completion_only and fmt == "messages" and not GENERATION_MARKER.search(tokenizer.chat_template or ""):
         # TRL masks assistant turns through {% generation %} markers. Without them (most hub templates, SmolLM2's

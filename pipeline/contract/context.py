@@ -16,17 +16,21 @@ from ..recipe.schema import Recipe
 
 log = logging.getLogger("pipeline")
 
+BASES = ".bases"
+"""Sub-folder of the output folder holding merged upstream policies that adapters refer to as their base."""
+
 
 def base_source(recipe: Recipe, base_model_path: str) -> PolicySource:
     """The recipe's base model as a policy source."""
     model = recipe.model
     return PolicySource(base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
-                        model.quantization)
+                        model.quantization, chat_template=model.chat_template)
 
 
 def artifact_source(recipe: Recipe, path: Path) -> PolicySource:
     """A policy stage's artifact folder as a policy source, loaded with the recipe's model settings."""
-    return PolicySource(str(path), True, recipe.model.dtype, recipe.model.trust_remote_code)
+    return PolicySource(str(path), True, recipe.model.dtype, recipe.model.trust_remote_code,
+                        chat_template=recipe.model.chat_template)
 
 
 @dataclass
@@ -83,15 +87,30 @@ class StageContext:
 
     def start_folder(self) -> str:
         """A plain model folder (config.json + safetensors + tokenizer) of the weights this stage starts from: the base
-        model's folder, or the upstream policy with its adapters merged, written once under work_dir."""
-        upstream = self.upstream_of("policy")
-        if upstream is None:
+        model's folder, or the upstream policy with its adapters merged (``dense_start``)."""
+        if self.upstream_of("policy") is None:
             return self.base_model_path
-        folder = self.work_dir / "start"
-        source = artifact_source(self.recipe, upstream.path)
-        if self.is_main and not (folder / "config.json").exists():
-            source.load().save_pretrained(folder)
-            source.tokenizer().save_pretrained(folder)
+        return self.dense_start()
+
+    def dense_start(self) -> str:
+        """The upstream policy's weights with every adapter merged, as a plain model folder under
+        <output_dir>/.bases/<stage>-<fingerprint>/: written once (atomically, by the main process) and shared by every
+        stage that starts from that policy; adapters trained on it name it as their base."""
+        from ..store.atomic import built_once
+
+        upstream = self.upstream_of("policy")
+        info = upstream.policy
+        if info.format == "full":
+            return str(upstream.path)
+        if info.merged:
+            return str(upstream.path / info.merged)
+        folder = self.final_dir.parent / BASES / f"{upstream.path.name}-{upstream.fingerprint[:12]}"
+        if self.is_main:
+            with built_once(folder) as tmp:
+                if tmp is not None:
+                    source = artifact_source(self.recipe, upstream.path)
+                    source.load().save_pretrained(tmp, safe_serialization=True)
+                    source.tokenizer().save_pretrained(tmp)
         self.barrier()
         return str(folder)
 

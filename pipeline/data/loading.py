@@ -38,11 +38,15 @@ def _file_splits(settings: DataSettings, seed: int, columns: tuple[str, ...] | N
     return keep(take_rows(train, settings.max_rows)), keep(evaluation), fmt
 
 
-def load_chat_splits(settings: DataSettings, seed: int):
-    """Train and eval ``datasets.Dataset`` (eval may be None) with only the columns TRL's SFTTrainer reads."""
+def load_chat_splits(settings: DataSettings, seed: int, conversational: bool = False):
+    """Train and eval ``datasets.Dataset`` (eval may be None) with only the columns TRL's SFTTrainer reads.
+    ``conversational`` (the tokenizer has a chat template) turns string prompt/completion rows into one-turn
+    conversations, rendered like the prompts the pipeline samples from."""
     from datasets import Dataset
 
     train, evaluation, fmt = chat_splits(settings, seed)
+    if conversational and fmt == "prompt_completion" and has_string_rows(train):
+        train, evaluation = as_conversations(train), as_conversations(evaluation)
     return Dataset.from_list(train), Dataset.from_list(evaluation) if evaluation else None, fmt
 
 
@@ -103,3 +107,23 @@ def card_prompts(card_path: Path | str, split: Literal["train", "eval"], n: int 
         raise DataError(str(card_path), f"the card has no {split} prompts (splits.eval_fraction is "
                                         f"{card.splits.eval_fraction:g})")
     return prompts
+
+
+def as_conversations(rows: list[dict]) -> list[dict]:
+    """Rows in string form (prompt, completion / chosen / rejected as text) as one-turn conversations: a user message
+    and an assistant reply. With a chat template, the pipeline samples and evaluates string prompts as user messages
+    through the template; training on them the same way keeps the two alike."""
+    converted = []
+    for row in rows:
+        row = dict(row)
+        if isinstance(row.get("prompt"), str):
+            row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+        for key in ("completion", "chosen", "rejected"):
+            if isinstance(row.get(key), str):
+                row[key] = [{"role": "assistant", "content": row[key]}]
+        converted.append(row)
+    return converted
+
+
+def has_string_rows(rows: list[dict]) -> bool:
+    return any(isinstance(row.get("prompt"), str) for row in rows)

@@ -88,6 +88,7 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
         "dtype": model.dtype,
         "quantization": model.quantization,
         "fingerprint": fingerprint_folder(base_model_path),
+        **({"chat_template": digest(model.chat_template)} if model.chat_template is not None else {}),
     }
     selected = _selection(recipe, only, from_stage)
     forced: set[str] = set()
@@ -219,7 +220,7 @@ def why_changed(name: str, old: dict, new: dict) -> str:
     if old.get("seed") != new["seed"]:
         reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
     old_model, new_model = old.get("model", {}), new["model"]
-    for key in ("source", "revision", "dtype", "quantization"):
+    for key in ("source", "revision", "dtype", "quantization", "chat_template"):
         if old_model.get(key) != new_model.get(key):
             reasons.append(f"model.{key} {old_model.get(key)} -> {new_model.get(key)}")
     if old_model.get("fingerprint") != new_model.get("fingerprint") and old_model.get("source") == \

@@ -17,6 +17,7 @@ from ..recipe.schema import Recipe
 
 def preflight(recipe: Recipe, out_dir: Path | None = None) -> list[Problem]:
     problems = output_dir_problems(Path(out_dir) if out_dir is not None else recipe.out_dir)
+    problems += chat_template_problems(recipe)
     checked: dict[tuple, str | None] = {}  # the same input used by several stages is read once
     for name, config in recipe.stages.items():
         for key, what, kind in config.data_inputs():
@@ -40,6 +41,48 @@ def check_before_running(recipe: Recipe, source: str, out_dir: Path | None = Non
     problems = preflight(recipe, out_dir)
     if problems:
         raise RecipeError(source, problems)
+
+
+def model_has_chat_template(folder: Path) -> bool:
+    import json
+
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def chat_template_problems(recipe: Recipe) -> list[Problem]:
+    """Conversations (messages rows) need a chat template: the model's own or model.chat_template. Checked where the
+    model is a local folder (builtin models have one)."""
+    folder = Path(recipe.model.source)
+    if recipe.model.chat_template is not None or not folder.is_dir() or model_has_chat_template(folder):
+        return []
+    from ..data.cards import load_card
+
+    problems = []
+    for name, config in recipe.stages.items():
+        for key, what, kind in config.data_inputs():
+            if kind != "chat":
+                continue
+            card = getattr(what, "card", None)
+            messages = False
+            try:
+                if card is not None:
+                    messages = load_card(card).format == "messages"
+                elif getattr(what, "path", None) is not None:
+                    from ..data.rows import read_rows
+
+                    rows = read_rows(what.path)
+                    messages = bool(rows) and "messages" in rows[0]
+            except (DataError, RecipeError):
+                continue  # reported by the data checks
+            if messages:
+                problems.append(Problem(f"stages.{name}.{key}", f"messages rows need a chat template, and the model "
+                                                                f"({folder}) has none: set model.chat_template"))
+    return problems
 
 
 def output_dir_problems(out_dir: Path) -> list[Problem]:

@@ -15,7 +15,9 @@ import time
 from datetime import datetime, timezone
 
 from ..artifacts.artifact import MANIFEST, METRICS, Artifact, non_finite_weights, record_files
+from ..artifacts.model_card import render as model_card
 from ..artifacts.outputs import StageResult, output_to_dict
+from ..artifacts.policy import repoint_adapters
 from ..contract.context import StageContext
 from ..errors import PipelineError, TrainingDiverged, storage_error
 from ..recipe.kinds import stage_module
@@ -43,6 +45,7 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
         if state.is_main_process:
             announce_deepspeed_build(log)
             clear_leftovers(plan)
+            repoint_moved_adapters(plan)
         state.wait_for_everyone()
         results: dict[str, dict] = {}
         for stage in plan.stages:
@@ -78,6 +81,16 @@ def clear_leftovers(plan: Plan) -> None:
         if folder.name not in current:
             log.info("removing %s: checkpoints of a stage or config this recipe no longer has", folder)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def repoint_moved_adapters(plan: Plan) -> None:
+    """Adapters name their base by absolute path (what plain peft needs); after the run's folder moved, point them at
+    where their base is now."""
+    for stage in plan.stages:
+        artifact = Artifact.read(plan.out_dir / stage.name)
+        if artifact is not None and stage.action != "run":
+            for name in repoint_adapters(artifact):
+                log.info("[%s] %s: base repointed to where the run now lives", stage.name, name)
 
 
 def work_dir(plan: Plan, stage: StagePlan):
@@ -166,10 +179,14 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
             "git_commit": git_commit(),
             "packages": package_versions(),
             "recipe": recipe.name,
+            "chat_template": chat_template_used(tmp, recipe),
+            "description": (type(config).__doc__ or "").strip().split("\n\n")[0],
+            "upstream": {up: artifact.produces for up, artifact in upstream.items()},
         }
         try:
             refuse_non_finite(name, tmp, result.metrics)
             write_json(tmp / METRICS, result.metrics)
+            (tmp / "README.md").write_text(model_card(tmp, manifest, result.metrics))
             manifest["files"] = record_files(tmp)
             write_json(tmp / MANIFEST, manifest)
             replace_dir(tmp, final)
@@ -185,6 +202,24 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         log.info("[%s] done in %.1f s -> %s", name, wall, final)
     state.wait_for_everyone()
     return result.metrics
+
+
+def chat_template_used(folder, recipe) -> dict | None:
+    """The chat template the stage rendered conversations with: the recipe's, or the one its tokenizer carries."""
+    import hashlib
+    import json
+
+    text = recipe.model.chat_template
+    origin = "recipe (model.chat_template)"
+    if text is None:
+        origin = "the model's tokenizer"
+        if (folder / "chat_template.jinja").is_file():
+            text = (folder / "chat_template.jinja").read_text()
+        elif (folder / "tokenizer_config.json").is_file():
+            text = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    if not text:
+        return None
+    return {"from": origin, "sha256": hashlib.sha256(text.encode()).hexdigest(), "text": text}
 
 
 def refuse_non_finite(name: str, folder, metrics: dict) -> None:

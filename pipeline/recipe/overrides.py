@@ -37,6 +37,9 @@ def apply_override(raw: dict, override: str, schema_at: SchemaAt | None = None) 
             if not isinstance(expanded, dict):
                 return Problem(f"--set {override}", f"'{'.'.join(parts[: i + 1])}' is not a mapping")
             child = node[part] = expanded
+        else:
+            # a copy, so that a mapping shared through a YAML alias (`train: *defaults`) changes only here
+            child = node[part] = dict(child)
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(text)

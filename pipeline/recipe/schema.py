@@ -35,6 +35,26 @@ class ModelSpec(Strict):
     training then updates LoRA adapters only (QLoRA)."""
     trust_remote_code: bool = False
     """Allow the model folder's own Python code to run. Off unless you trust the model's source."""
+    chat_template: str | None = None
+    """A Jinja chat template (the text itself, or a .jinja file) for a base model that has none, or to replace the
+    one it has. Every stage renders conversations with it (training, sampling, evaluation) and every artifact's
+    tokenizer carries it."""
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "{" in value:
+            return value
+        path = Path(value).expanduser()
+        folder = base_dir(info)
+        if not path.is_absolute() and folder is not None:
+            path = folder / path
+        if not path.is_file():
+            raise ValueError(f"neither a Jinja template (no {{ or {{%) nor a template file: {value} not found")
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the template file {path}: {exc}") from None
 
     @classmethod
     def expand_shorthand(cls, value: Any) -> dict | None:

@@ -39,21 +39,14 @@ def start_policy(ctx, config: OnlineStageConfig):
 
     With full fine-tuning and a KL term, TRL builds the frozen reference itself by loading the policy's
     ``name_or_path`` again; a policy merged from an upstream adapter would name its base model there, so the starting
-    weights are written to a folder first and loaded from it (once; reused on resume)."""
-    from transformers import AutoModelForCausalLM
-
-    from ..models.loading import torch_dtype
+    weights are loaded from a plain folder of them (``StageContext.dense_start``, written once)."""
+    from ..models.loading import load_causal_lm
 
     source = ctx.policy_source()
     if config.lora is not None:
         return source.load()
     if config.beta > 0 and source.is_artifact:
-        folder = ctx.work_dir / "start"
-        if ctx.is_main and not (folder / "config.json").exists():
-            source.load().save_pretrained(folder)
-        ctx.barrier()
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(ctx.recipe.model.dtype),
-                                                     trust_remote_code=ctx.recipe.model.trust_remote_code)
+        model = load_causal_lm(ctx.dense_start(), ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
     else:
         model = source.load()
     # An upstream adapter merged by peft comes back with every weight frozen; full fine-tuning trains them all.

@@ -93,6 +93,7 @@ def test_a_card_without_a_checksum_notices_its_source_shrinking(make_recipe, tmp
     assert plan["sft"].action == "run" and plan["sft"].reason == "input data changed"
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_diverged_training_is_never_committed(make_recipe, chat_data, tmp_path):
     path = make_recipe({"sft": sft_stage(chat_data, steps=6, train={"learning_rate": 1e30, "save_steps": 100})})
     with pytest.raises(TrainingDiverged) as info:
@@ -112,6 +113,7 @@ def test_non_finite_settings_are_refused_at_validation(make_recipe, chat_data):
         load_recipe(make_recipe({"sft": sft_stage(chat_data, lora={"alpha": float("inf")})}))
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_a_model_whose_weights_hold_nan_is_refused_on_load(make_recipe, chat_data, tmp_path, tiny_path):
     import torch
     from safetensors.torch import load_file, save_file
@@ -137,6 +139,7 @@ def test_manifest_that_is_not_an_object_counts_as_no_artifact(chain):
 # --- one run per output folder ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_a_second_run_into_the_same_folder_is_refused(make_recipe, chat_data, tmp_path):
     path = make_recipe({"sft": sft_stage(chat_data, steps=400, train={"save_steps": 1000})})
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
@@ -211,6 +214,7 @@ def test_a_full_disk_is_named(make_recipe, chat_data, tmp_path, monkeypatch):
     assert issubclass(StorageError, PipelineError) and StorageError.exit_code == 2
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_a_really_full_disk(make_recipe, chat_data, tmp_path):
     """On a 1 MB tmpfs the stage runs out of space writing its checkpoint; the error says so. Needs mount rights
     (root in a container that allows it); skipped with the reason elsewhere."""

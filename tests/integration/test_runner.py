@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,7 +129,8 @@ def test_chained_adapters_load_through_the_pipeline(make_recipe, chat_data, tmp_
     stages = {"sft": sft_stage(chat_data), "next": {**sft_stage(chat_data, steps=2), "from": "sft"}}
     run(make_recipe(stages))
     out = tmp_path / "out"
-    assert Artifact.read(out / "next").manifest["output"]["base"] == str((out / "sft").resolve())
+    base = Artifact.read(out / "next").policy.base
+    assert base.relative and Path(base.resolve(out / "next")).parent == out / ".bases", "the merged sft, written once"
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         first = load_policy(out / "sft")(ids).logits
@@ -136,6 +138,7 @@ def test_chained_adapters_load_through_the_pipeline(make_recipe, chat_data, tmp_
     assert not torch.allclose(first, second, atol=1e-4)
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_resume_continues_from_the_checkpoint(make_recipe, chat_data, tmp_path, monkeypatch):
     """Kill after the first checkpoint; the next run resumes there and ends with the same weights as a clean run."""
     steps_file = tmp_path / "steps.txt"
@@ -164,6 +167,7 @@ def test_resume_continues_from_the_checkpoint(make_recipe, chat_data, tmp_path, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # runs in fresh processes
 def test_failed_stage_leaves_previous_artifact_intact(make_recipe, chat_data, tmp_path):
     path = make_recipe({"sft": sft_stage(chat_data)})
     run(path)

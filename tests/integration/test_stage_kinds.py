@@ -12,6 +12,8 @@ import yaml
 
 from support import run_cli
 
+pytestmark = pytest.mark.slow  # whole chains, in fresh processes
+
 CONFIG = '''
 """A toy kind: writes `pairs` preference pairs (or filters its upstream's)."""
 from pathlib import Path

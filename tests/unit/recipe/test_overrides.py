@@ -29,3 +29,15 @@ def test_a_scalar_without_a_shorthand_is_still_refused(make_recipe, chat_data):
         load_recipe(path, ["stages.sft.max_length.deep=1"])
     assert [str(p) for p in info.value.problems] == [
         "--set stages.sft.max_length.deep=1: 'stages.sft.max_length' is not a mapping"]
+
+
+def test_set_changes_only_the_stage_it_names_when_yaml_aliases_share_a_mapping(tmp_path, chat_data):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""name: t
+model: builtin:tiny-llama
+stages:
+  a: {{kind: sft, data: {{path: {chat_data}}}, train: &shared {{max_steps: 4, batch_size: 2}}}}
+  b: {{kind: sft, data: {{path: {chat_data}}}, train: *shared, from: a}}
+""")
+    recipe = load_recipe(path, ["stages.b.train.max_steps=9"])
+    assert recipe.stages["b"].train.max_steps == 9 and recipe.stages["a"].train.max_steps == 4
