@@ -40,8 +40,16 @@ def _setup_logging(verbose: bool) -> None:
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("DeepSpeed", "datasets", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose:
+        return
+    # Quiet by default: one progress bar per long piece of work, the pipeline's own lines, and warnings that matter.
+    # Library chatter (loading bars and reports, datasets' map bars, DeepSpeed's accelerator notice) comes with -v.
+    for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
+    for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed",
+                  "bitsandbytes", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def positive_int(text: str) -> int:
@@ -116,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_args(run)
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep trainer checkpoints under <output_dir>/.work after a stage finishes")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                     help="run a variant for each value (several --sweep make a grid), e.g. --sweep "
+                          "stages.dpo.beta=0.05,0.1,0.3; stages the variants share run once")
 
     validate = commands.add_parser("validate", help="check a recipe and report every problem",
                                    description="Check a recipe without loading any model; exit 2 listing every "
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "trainable parameters and a rough memory estimate per stage.")
     _recipe_args(plan)
     _selection_args(plan)
+    plan.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                      help="plan a variant for each value, as `run --sweep` would run them")
     plan.add_argument("--launch", metavar="ACCELERATE_CONFIG",
                       help="estimate memory per process under this accelerate config (e.g. launch/gpu_zero3.yaml: "
                            "DeepSpeed ZeRO shards optimizer state, gradients and weights over its processes); "
@@ -169,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     data_show.add_argument("card")
     data_show.add_argument("--tokenizer", help="model (folder, builtin:NAME) whose tokenizer counts tokens")
 
+    runs = commands.add_parser("runs", help="list the stored variants of every stage",
+                               description="List every stored variant per stage (fingerprint, what differs from the "
+                                           "recipe, key metrics, date, size on disk); * marks the one "
+                                           "<output_dir>/<stage> names.")
+    runs.add_argument("recipe", nargs="?", help="the recipe whose output folder to list (and compare with)")
+    runs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                      help="override a recipe value before comparing")
+    runs.add_argument("--output-dir", help="the output folder (default: the recipe's)")
+
+    gc = commands.add_parser("gc", help="remove stored variants no recipe names",
+                             description="Remove the stored variants (and merged bases, checkpoints) that neither "
+                                         "the given recipes use nor a stage link names.")
+    gc.add_argument("recipes", nargs="*", help="recipes whose variants (and their lineage) to keep")
+    gc.add_argument("--output-dir", help="the output folder (default: each recipe's)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed, and the space freed")
+
     export = commands.add_parser(
         "export", help="write a stage's model as a folder that needs nothing of this project (and push it to the Hub)",
         description="Export a policy or reward-model artifact: merged safetensors (or, with --adapter, the adapter and "
@@ -186,10 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "network and a token)")
     export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
 
-    report = commands.add_parser("report", help="print the gold evaluation table of a recipe's run",
-                                 description="Print the eval.json rows of the base model and each policy stage.")
+    report = commands.add_parser("report", help="print the gold evaluation table of a recipe's run (and an HTML report)",
+                                 description="Print the eval.json rows of the base model and each policy stage; with "
+                                             "--out, also an HTML report with the reward-KL frontier and curves.")
     _recipe_args(report)
     report.add_argument("--output-dir", help="where the run's artifacts are (default: from the recipe)")
+    report.add_argument("--out", metavar="FILE.html",
+                        help="also write a self-contained HTML report (gold table, reward-KL frontier of every stored "
+                             "variant, training curves, samples) and its PNGs beside it")
     return parser
 
 
@@ -217,32 +250,33 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .graph.plan import make_plan
-    from .graph.preflight import check_before_running
     from .models.estimate import Layout, estimate
-    from .recipe import load_recipe
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
-    recipe = load_recipe(args.recipe, args.overrides, layout.processes)
-    check_before_running(recipe, args.recipe, args.output_dir)
-    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
-    print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
-    print(f"output: {plan.out_dir}\n")
-    header = f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}  reason"
-    print(header)
-    print("-" * len(header))
-    dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
-    for stage in plan.stages:
-        config = recipe.stages[stage.name]
-        # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
-        est = estimate(plan.base_model_path, config.memory_profile(), dtype, layout, recipe.model.quantization) \
-            if stage.action != "skip" else None
-        params = f"{est.parameters:,}" if est else "-"
-        trainable = f"{est.trainable:,}" if est else "-"
-        memory = f"{est.memory_gib:.2f}" if est else "-"
-        print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action:<8}"
-              f"{params:>12}{trainable:>12}{memory:>9}  {stage.reason}")
-    print(f"\nmemory per process ({layout.describe()}): weights + gradients + optimizer state + activations of one "
+    plans = _plans(args, layout.processes)
+    for plan in plans:
+        recipe = plan.recipe
+        if len(plans) > 1:
+            print(f"== sweep variant: {plan.variant}")
+        print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
+        print(f"output: {plan.out_dir}\n")
+        header = (f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}"
+                  "  reason")
+        print(header)
+        print("-" * len(header))
+        dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
+        for stage in plan.stages:
+            config = recipe.stages[stage.name]
+            # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
+            est = estimate(plan.base_model_path, config.memory_profile(), dtype, layout, recipe.model.quantization) \
+                if stage.action != "skip" else None
+            params = f"{est.parameters:,}" if est else "-"
+            trainable = f"{est.trainable:,}" if est else "-"
+            memory = f"{est.memory_gib:.2f}" if est else "-"
+            print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action:<8}"
+                  f"{params:>12}{trainable:>12}{memory:>9}  {stage.reason}")
+        print()
+    print(f"memory per process ({layout.describe()}): weights + gradients + optimizer state + activations of one "
           "micro-batch; a rough planning figure.")
     return 0
 
@@ -251,30 +285,95 @@ HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_
                     "gold_mean", "kl_mean")
 
 
-def cmd_run(args) -> int:
+def _plans(args, processes: int) -> list:
+    """One plan per variant of the sweep (one plan without a sweep), each validated and checked before any work."""
     from .graph.plan import make_plan
-
-    # the job's real process count: checks that depend on it fail here, before any long work
     from .graph.preflight import check_before_running
+    from .graph.sweep import combinations, parse_sweeps
+    from .recipe import load_recipe
+
+    base = load_recipe(args.recipe, args.overrides, processes)
+    axes = parse_sweeps(getattr(args, "sweep", []) or [], base.sweep, args.recipe)
+    plans = []
+    for point in combinations(axes):
+        recipe = load_recipe(args.recipe, [*args.overrides, *point], processes) if point else base
+        check_before_running(recipe, args.recipe, args.output_dir)
+        plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
+        plan.variant = " ".join(point)
+        plans.append(plan)
+    return plans
+
+
+def cmd_run(args) -> int:
     from .graph.report import format_report, report_rows
     from .graph.runner import run_plan
-    from .recipe import load_recipe
     from .training.distributed import shutdown_distributed
 
-    recipe = load_recipe(args.recipe, args.overrides, int(os.environ.get("WORLD_SIZE", "1")))
-    check_before_running(recipe, args.recipe, args.output_dir)
-    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
-    results = run_plan(plan, keep_checkpoints=args.keep_checkpoints)
+    # the job's real process count: checks that depend on it fail here, before any long work
+    plans = _plans(args, int(os.environ.get("WORLD_SIZE", "1")))
+    results = []
+    for i, plan in enumerate(plans, start=1):
+        if len(plans) > 1 and int(os.environ.get("RANK", "0")) == 0:
+            logging.getLogger("pipeline").info("sweep variant %d of %d: %s", i, len(plans), plan.variant)
+        results.append(run_plan(plan, keep_checkpoints=args.keep_checkpoints))
     shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
-        for name, metrics in results.items():
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                     if k in HEADLINE_METRICS}
-            print(f"{name}: {plan[name].action if plan[name].action == 'cached' else 'done'} {shown}")
-        table = format_report(report_rows(plan))
-        if table:
-            print("\n" + table + "\n")
-        print(f"artifacts in {plan.out_dir}")
+        for plan, result in zip(plans, results):
+            if len(plans) > 1:
+                print(f"\n== {plan.variant}")
+            for name, metrics in result.items():
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                         if k in HEADLINE_METRICS}
+                print(f"{name}: {'cached' if plan[name].action == 'cached' else 'done'} {shown}")
+            table = format_report(report_rows(plan))
+            if table:
+                print("\n" + table + "\n")
+        print(f"artifacts in {plans[0].out_dir}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from pathlib import Path
+
+    from .errors import UsageError
+    from .graph.plan import make_plan
+    from .graph.variants import describe_variants
+    from .recipe import load_recipe
+
+    plan = None
+    if args.recipe:
+        recipe = load_recipe(args.recipe, args.overrides)
+        plan = make_plan(recipe, args.output_dir)
+        out = plan.out_dir
+    elif args.output_dir:
+        out = Path(args.output_dir)
+    else:
+        raise UsageError("give a recipe (its output folder is listed) or --output-dir")
+    print(describe_variants(out, plan))
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from pathlib import Path
+
+    from .errors import UsageError
+    from .graph.plan import make_plan
+    from .graph.variants import _size, collect
+    from .recipe import load_recipe
+    from .store.lock import OutputLock
+
+    plans = [make_plan(load_recipe(recipe), args.output_dir) for recipe in args.recipes]
+    outs = {Path(args.output_dir)} if args.output_dir else {plan.out_dir for plan in plans}
+    if not outs:
+        raise UsageError("give the recipes whose variants to keep, or --output-dir (then only the variants the stage "
+                         "links name are kept)")
+    for out in sorted(outs):
+        with OutputLock(out):
+            doomed, freed = collect(out, [p for p in plans if p.out_dir == out], dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for path in doomed:
+            print(f"{verb} {path}")
+        print(f"{out}: {verb} {len(doomed)} folder(s), {_size(freed)}")
     return 0
 
 
@@ -381,6 +480,10 @@ def cmd_report(args) -> int:
     plan = make_plan(recipe, args.output_dir)
     table = format_report(report_rows(plan))
     print(table or f"no evaluation under {plan.out_dir}: does the recipe have an evaluate: section, and has it run?")
+    if args.out:
+        from .graph.html_report import render
+
+        print(f"wrote {render(plan, args.out)}")
     return 0
 
 
@@ -398,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import PipelineError
 
     handlers = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "eval": cmd_eval, "data": cmd_data,
-                "report": cmd_report, "export": cmd_export}
+                "report": cmd_report, "export": cmd_export, "runs": cmd_runs, "gc": cmd_gc}
     try:
         return handlers[args.command](args)
     except PipelineError as exc:

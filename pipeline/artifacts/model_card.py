@@ -31,22 +31,45 @@ HEADLINE = ("train_loss", "eval_loss", "global_step", "eval_accuracy", "eval_rew
 WORD = re.compile(r"[A-Za-z]{4,}")
 
 
+def _store(artifact_path: Path) -> Path:
+    """The folder holding every stored variant (the artifact's own folder's parent, through the stage link)."""
+    return Path(artifact_path).resolve().parent
+
+
+def _ancestor(artifact_path: Path, ancestor: dict) -> Artifact | None:
+    store = _store(artifact_path)
+    return Artifact.read(store / f"{ancestor['stage']}-{ancestor['fingerprint'][:12]}") or \
+        Artifact.read(store / ancestor["stage"])
+
+
 def evaluations_of(artifact: Artifact) -> list[dict]:
-    """eval.json of every evaluation of this artifact's stage (and of the base model) found beside it."""
-    rows = []
-    for manifest_path in sorted(artifact.path.parent.glob(f"*/{MANIFEST}")):
+    """eval.json of the evaluations of exactly this variant, and of the base model with the same settings, found
+    among the stored variants beside it."""
+    own, bases = [], []
+    stage = artifact.manifest.get("stage", artifact.path.name)
+    for manifest_path in sorted(_store(artifact.path).glob(f"*/{MANIFEST}")):
         other = Artifact.read(manifest_path.parent)
         if other is None or not isinstance(other.output, EvaluationOutput):
             continue
-        if other.output.target not in (artifact.path.name, "base"):
-            continue
+        upstream = (other.manifest.get("inputs") or {}).get("upstream") or {}
+        if other.output.target == stage and upstream.get(stage) == artifact.fingerprint:
+            own.append(other)
+        elif other.output.target == "base":
+            bases.append(other)
+    settings = lambda a: {k: v for k, v in (a.manifest.get("config") or {}).items() if k != "from"}  # noqa: E731
+    chosen = own[-1:]
+    if chosen:
+        matching = [b for b in bases if settings(b) == settings(chosen[0])]
+        chosen = (matching or bases)[-1:] + chosen
+    rows = []
+    for other in chosen:
         try:
             data = json.loads((other.path / other.output.eval_file).read_text())
         except (OSError, ValueError):
             continue
         samples = other.path / other.output.samples_file
         rows.append({**data, "target": other.output.target, "repetition": _repetition_share(samples)})
-    return sorted(rows, key=lambda r: r["target"] != "base")
+    return rows
 
 
 def _repetition_share(samples: Path) -> float | None:
@@ -110,7 +133,7 @@ def render(artifact_path: Path, manifest: dict, metrics: dict, evaluations: list
     builtin = BUILTIN_BASES.get(str(source), {})
     cards = _data_cards(manifest)
     for ancestor in manifest.get("lineage") or []:
-        other = Artifact.read(artifact_path.parent / ancestor["stage"])
+        other = _ancestor(artifact_path, ancestor)
         if other is not None:
             cards += [c for c in _data_cards(other.manifest) if c["name"] not in {x["name"] for x in cards}]
     evaluations = evaluations or []
@@ -143,7 +166,7 @@ def render(artifact_path: Path, manifest: dict, metrics: dict, evaluations: list
 
     lines += ["## Lineage", "", "| stage | kind | settings |", "|---|---|---|"]
     for ancestor in reversed(manifest.get("lineage") or []):
-        other = Artifact.read(artifact_path.parent / ancestor["stage"])
+        other = _ancestor(artifact_path, ancestor)
         settings = _settings(other.manifest.get("config") or {}) if other is not None else "-"
         lines.append(f"| {ancestor['stage']} | {ancestor['kind']} | {settings} |")
     lines += [f"| **{stage}** | {kind} | {_settings(config)} |", ""]

@@ -29,8 +29,8 @@ class ModelRef:
 
     def resolve(self, artifact_folder: Path | str) -> str:
         """A folder (or hub id) ``from_pretrained`` can read, for a reference held by ``artifact_folder``."""
-        if self.relative:
-            return os.path.normpath(Path(artifact_folder).absolute() / self.path)
+        if self.relative:  # from where the folder really is: <output_dir>/<stage> is a link into the store
+            return os.path.normpath(Path(artifact_folder).resolve() / self.path)
         if self.path.startswith("builtin:") or self.path.endswith(".gguf"):
             from ..models.sources import resolve
 

@@ -108,7 +108,7 @@ def start_ref(ctx, source: PolicySource) -> ModelRef:
     """Where a stage started, as a reference that survives moving the run: the upstream artifact relative to this
     one, or the recipe's model source."""
     if source.is_artifact:
-        return ModelRef(os.path.relpath(Path(source.path).absolute(), ctx.final_dir.absolute()), True, True)
+        return ModelRef(os.path.relpath(Path(source.path).resolve(), ctx.final_dir.absolute()), True, True)
     return ModelRef(ctx.recipe.model.source, False)
 
 
@@ -124,7 +124,7 @@ def base_ref(ctx, source: PolicySource) -> ModelRef:
         folder = upstream / info.merged
     else:
         folder = Path(ctx.dense_start())
-    return ModelRef(os.path.relpath(folder.absolute(), ctx.final_dir.absolute()), False, True)
+    return ModelRef(os.path.relpath(folder.resolve(), ctx.final_dir.absolute()), False, True)
 
 
 def point_adapter_at(config_path: Path, base: str) -> bool:

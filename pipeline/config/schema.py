@@ -95,6 +95,11 @@ class LoraSettings(Strict):
     Backpropagation then stops at the lowest adapted layer, which makes steps much cheaper on a CPU."""
 
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio", "swanlab": "swanlab"}
+"""Trackers `report_to` accepts, and the package each needs."""
+
+
 class TrainSettings(Strict):
     """Optimisation settings common to every training stage (mapped onto transformers' TrainingArguments)."""
 
@@ -130,6 +135,31 @@ class TrainSettings(Strict):
     """Write a resumable trainer checkpoint every this many steps (kept until the stage finishes)."""
     callbacks: list[str] = []
     """Extra transformers TrainerCallback classes, as "module:ClassName" (imported, never evaluated)."""
+    report_to: list[str] = []
+    """Experiment trackers that get every logged step: tensorboard (offline; event files under
+    <output_dir>/tensorboard/, open with `tensorboard --logdir runs/`), wandb, mlflow, comet_ml, ... (transformers'
+    integrations for the TRL stages, accelerate's trackers for ppo; the package must be installed)."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _installed_trackers(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        for name in names:
+            if name not in TRACKERS:
+                from .problems import did_you_mean
+
+                raise ValueError(f"unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; one of: "
+                                 f"{', '.join(sorted(TRACKERS))}")
+            if importlib.util.find_spec(TRACKERS[name]) is None:
+                raise ValueError(f"report_to: {name} needs the {TRACKERS[name]} package (pip install "
+                                 f"{TRACKERS[name]})")
+        return names
 
     @field_validator("max_steps")
     @classmethod

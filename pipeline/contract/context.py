@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifacts.artifact import LOG_HISTORY, Artifact
 from ..artifacts.policy import PolicySource
 from ..config.schema import StageConfig
-from ..recipe.schema import Recipe
+
+if TYPE_CHECKING:  # a stage reads the recipe's settings; the code that validates recipes is not part of its work
+    from ..recipe.schema import Recipe
 
 log = logging.getLogger("pipeline")
 
@@ -50,6 +53,8 @@ class StageContext:
     fingerprint: str
     base_model_path: str
     """The resolved folder (or hub id) of the recipe's base model."""
+    output_dir: Path | None = None
+    """The run's output folder (stage variants live in its .store/, shared merged bases in its .bases/)."""
     process_index: int = 0
     num_processes: int = 1
     @property
@@ -104,7 +109,8 @@ class StageContext:
             return str(upstream.path)
         if info.merged:
             return str(upstream.path / info.merged)
-        folder = self.final_dir.parent / BASES / f"{upstream.path.name}-{upstream.fingerprint[:12]}"
+        root = self.output_dir if self.output_dir is not None else self.final_dir.parent
+        folder = root / BASES / f"{upstream.manifest.get('stage', upstream.path.name)}-{upstream.fingerprint[:12]}"
         if self.is_main:
             with built_once(folder) as tmp:
                 if tmp is not None:

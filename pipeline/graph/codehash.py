@@ -61,7 +61,11 @@ def _parse(path: str, mtime_ns: int) -> tuple[str, tuple[str, ...]]:
     source = Path(path).read_text(encoding="utf-8")
     tree = ast.parse(source, filename=path)
     imports: list[tuple[int, str | None, tuple[str, ...]]] = []
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports never run
+            continue
         if isinstance(node, ast.Import):
             imports.extend((0, alias.name, ()) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -69,6 +73,11 @@ def _parse(path: str, mtime_ns: int) -> tuple[str, tuple[str, ...]]:
     digest = hashlib.sha256(ast.dump(_strip_docstrings(tree), annotate_fields=False).encode()).hexdigest()
     flat = tuple(f"{level}|{module or ''}|{','.join(names)}" for level, module, names in imports)
     return digest, flat
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _imports_of(name: str, path: Path) -> tuple[str, set[str], set[str]]:

@@ -24,7 +24,15 @@ from ..recipe.schema import Recipe
 from ..store.hashing import sha256_file
 from .codehash import stage_code
 
-FINGERPRINT_VERSION = 2  # bump when what a fingerprint covers changes
+FINGERPRINT_VERSION = 3  # bump when what a fingerprint covers changes
+STORE = ".store"
+"""Every variant of every stage lives in <output_dir>/.store/<stage>-<fingerprint[:12]>/; <output_dir>/<stage> is a
+link to the variant of the settings last run."""
+
+
+def variant_dir(out_dir: Path, name: str, fingerprint: str) -> Path:
+    """Where the variant of ``name`` with this fingerprint is stored."""
+    return Path(out_dir) / STORE / f"{name}-{fingerprint[:12]}"
 
 
 class DamagedArtifact(PipelineError):
@@ -47,6 +55,9 @@ class StagePlan:
     parts: dict = field(default_factory=dict)
     """Everything the fingerprint is made of (kept in the manifest, compared by the next plan)."""
 
+    folder: Path | None = None
+    """This variant's artifact folder in the store."""
+
     @property
     def fresh(self) -> bool:
         """Forced stages start over: their checkpoints are discarded, not resumed."""
@@ -60,6 +71,8 @@ class Plan:
     base_model_path: str
     model_fingerprint: str
     stages: list[StagePlan]
+    variant: str = ""
+    """The sweep point this plan runs ("" outside a sweep)."""
 
     def __getitem__(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
@@ -122,18 +135,19 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
         fingerprints[name] = fingerprint
         inputs = {"upstream": parts["upstream"], "data": {str(p): file_digests[p] for p in files},
                   "model": model_inputs}
-        existing = Artifact.read(out_dir / name)
+        folder = variant_dir(out_dir, name, fingerprint)
+        existing = Artifact.read(folder)
+        if existing is not None and existing.fingerprint != fingerprint:
+            existing = None  # a 12-digit prefix shared by two fingerprints: treat as new (and overwrite)
         if name not in selected:
             action, reason = "skip", "not selected"
         elif name in forced:
             action, reason = "run", "forced"
-        elif existing is None:
-            action, reason = "run", "new"
-        elif existing.fingerprint != fingerprint:
-            action, reason = "run", why_changed(name, existing.manifest.get("fingerprint_parts") or {}, parts)
+        elif existing is not None:
+            action, reason = "cached", f"stored variant {fingerprint[:12]} ({_when(existing)})"
         else:
-            action, reason = "cached", "artifact matches"
-        plans.append(StagePlan(name, config.kind, fingerprint, action, reason, inputs, parts))
+            action, reason = "run", _why_new(out_dir, name, parts)
+        plans.append(StagePlan(name, config.kind, fingerprint, action, reason, inputs, parts, folder))
 
     plan = Plan(recipe, out_dir, base_model_path, model_inputs["fingerprint"], plans)
     _check_upstreams_ready(plan)
@@ -149,14 +163,26 @@ def _check_artifacts_intact(plan: Plan, full: bool) -> None:
         if stage.action == "run":
             used |= {up for up in plan.recipe.stages[stage.name].from_ if up not in rebuilt}
     damaged = []
-    for name in [s.name for s in plan.stages if s.name in used]:
-        artifact = Artifact.read(plan.out_dir / name)
+    for stage in [s for s in plan.stages if s.name in used]:
+        artifact = Artifact.read(stage.folder)
         if artifact is not None and (why := artifact.damage(full)) is not None:
-            damaged.append(f"{plan.out_dir / name}: {why}")
+            damaged.append(f"{plan.out_dir / stage.name} (variant {stage.fingerprint[:12]}): {why}")
     if damaged:
-        names = [d.split(": ")[0].rsplit("/", 1)[-1] for d in damaged]
+        names = [d.split(" (variant")[0].rsplit("/", 1)[-1] for d in damaged]
         raise DamagedArtifact("stored artifacts do not match what their stages wrote:\n  - " + "\n  - ".join(damaged)
                               + f"\nrebuild with: {' '.join(f'--force {n}' for n in names)}")
+
+
+def _when(artifact: Artifact) -> str:
+    return str(artifact.manifest.get("finished_at", "?"))[:16].replace("T", " ")
+
+
+def _why_new(out_dir: Path, name: str, parts: dict) -> str:
+    """Why no stored variant matches: what differs from the variant run last (the one <output_dir>/<name> names)."""
+    current = Artifact.read(Path(out_dir) / name)
+    if current is None:
+        return "new"
+    return why_changed(name, current.manifest.get("fingerprint_parts") or {}, parts)
 
 
 def _selection(recipe: Recipe, only: list[str], from_stage: str | None) -> set[str]:
@@ -266,10 +292,11 @@ def _check_upstreams_ready(plan: Plan) -> None:
         for up in plan.recipe.stages[stage.name].from_:
             if up in will_exist:
                 continue
-            existing = Artifact.read(plan.out_dir / up)
-            if existing is None:
+            if Artifact.read(plan[up].folder) is not None:
+                continue  # the variant of today's settings is stored
+            current = Artifact.read(plan.out_dir / up)
+            if current is None:
                 raise PipelineError(f"stage '{stage.name}' needs '{up}', which has not been built; run it first")
-            if existing.fingerprint != plan[up].fingerprint:
-                why = why_changed(up, existing.manifest.get("fingerprint_parts") or {}, plan[up].parts)
-                raise PipelineError(f"stage '{stage.name}' needs '{up}', whose artifact is out of date ({why}); run "
-                                    f"'{up}' first or drop --only")
+            why = why_changed(up, current.manifest.get("fingerprint_parts") or {}, plan[up].parts)
+            raise PipelineError(f"stage '{stage.name}' needs '{up}', whose stored variants are out of date ({why}); "
+                                f"run '{up}' first or drop --only")

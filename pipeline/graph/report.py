@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..artifacts.artifact import Artifact
 from ..artifacts.outputs import EvaluationOutput
@@ -13,7 +14,7 @@ def report_rows(plan: Plan) -> list[dict]:
     """One row per evaluation node of the plan whose artifact exists: target, the target's kind, eval.json."""
     rows = []
     for stage in plan.stages:
-        artifact = Artifact.read(plan.out_dir / stage.name)
+        artifact = Artifact.read(shown_folder(plan, stage))
         if artifact is None or not isinstance(artifact.output, EvaluationOutput):
             continue
         output = artifact.output
@@ -26,6 +27,12 @@ def report_rows(plan: Plan) -> list[dict]:
         rows.append({"target": target, "kind": kind, "node": stage.name, **data})
     rows.sort(key=lambda r: r["target"] != "base")
     return rows
+
+
+def shown_folder(plan: Plan, stage) -> Path:
+    """The variant a report shows for a stage: the one of the recipe's settings, or else the one run last (what
+    <output_dir>/<stage> names; after a code change the recipe's own is not built yet)."""
+    return stage.folder if Artifact.read(stage.folder) is not None else plan.out_dir / stage.name
 
 
 def format_report(rows: list[dict]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -24,7 +25,8 @@ from ..recipe.kinds import stage_module
 from ..store.atomic import replace_dir, write_json
 from ..store.lock import OutputLock
 from ..training.distributed import current_distributed_type
-from .plan import Plan, StagePlan
+from ..training.trainer import LIVE_LOG
+from .plan import STORE, Plan, StagePlan, variant_dir
 from .provenance import git_commit, host, package_versions
 
 log = logging.getLogger("pipeline")
@@ -48,15 +50,22 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
             repoint_moved_adapters(plan)
         state.wait_for_everyone()
         results: dict[str, dict] = {}
-        for stage in plan.stages:
-            final = plan.out_dir / stage.name
-            if stage.action == "skip":
-                continue
+        todo = [s for s in plan.stages if s.action != "skip"]
+        expected = expected_seconds(plan)
+        started = time.perf_counter()
+        for index, stage in enumerate(todo, start=1):
+            if state.is_main_process and stage.action == "run":
+                elapsed = time.perf_counter() - started
+                left = [expected.get(s.name) for s in todo[index - 1:] if s.action == "run"]
+                eta = f", about {_duration(sum(left))} left" if left and None not in left else ""
+                log.info("[%d/%d] %s (%s): %s elapsed%s", index, len(todo), stage.name, stage.kind,
+                         _duration(elapsed), eta)
             forget_deepspeed_config()
             if stage.action == "cached":
                 if state.is_main_process:
-                    log.info("[%s] cached (%s)", stage.name, final)
-                results[stage.name] = Artifact.read(final).metrics
+                    log.info("[%s] cached: %s", stage.name, stage.reason)
+                    point_at_variant(plan, stage)
+                results[stage.name] = Artifact.read(stage.folder).metrics
             else:
                 results[stage.name] = _run_stage(plan, stage, state, keep_checkpoints)
         state.wait_for_everyone()
@@ -66,13 +75,35 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
             lock.release()
 
 
+def expected_seconds(plan: Plan) -> dict[str, float]:
+    """How long each stage took the last time a variant of it ran here (the rough ETA of the progress line)."""
+    import json
+
+    store = plan.out_dir / STORE
+    seconds: dict[str, float] = {}
+    for manifest in sorted(store.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime) if store.is_dir() else []:
+        try:
+            data = json.loads(manifest.read_text())
+            seconds[data["stage"]] = float(data["wall_time_s"]) + float(data.get("import_time_s", 0))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def clear_leftovers(plan: Plan) -> None:
     """Remove what killed runs left in the output folder: half-written artifact folders (.tmp-*, .old-*) and work
     folders (checkpoints) of stages and configs the plan no longer has. Runs under the folder's lock."""
     out = plan.out_dir
     if not out.is_dir():
         return
-    for leftover in [*out.glob(".tmp-*"), *out.glob(".old-*")]:
+    store = out / STORE
+    for leftover in [*out.glob(".tmp-*"), *out.glob(".old-*"), *store.glob(".tmp-*"), *store.glob(".old-*")]:
         log.info("removing %s, left by a run that did not finish", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     current = {work_dir(plan, stage).name for stage in plan.stages}
@@ -85,12 +116,32 @@ def clear_leftovers(plan: Plan) -> None:
 
 def repoint_moved_adapters(plan: Plan) -> None:
     """Adapters name their base by absolute path (what plain peft needs); after the run's folder moved, point them at
-    where their base is now."""
-    for stage in plan.stages:
-        artifact = Artifact.read(plan.out_dir / stage.name)
-        if artifact is not None and stage.action != "run":
+    where their base is now (every stored variant)."""
+    store = plan.out_dir / STORE
+    for folder in sorted(store.iterdir()) if store.is_dir() else []:
+        artifact = Artifact.read(folder)
+        if artifact is not None and not folder.name.startswith("."):
             for name in repoint_adapters(artifact):
-                log.info("[%s] %s: base repointed to where the run now lives", stage.name, name)
+                log.info("[%s] %s: base repointed to where the run now lives", folder.name, name)
+
+
+def point_at_variant(plan: Plan, stage: StagePlan) -> None:
+    """Make <output_dir>/<stage> name the variant this run used (a relative link, replaced atomically). A folder
+    there (the layout of older versions) is moved into the store first, keeping its variant."""
+    link = plan.out_dir / stage.name
+    if link.is_dir() and not link.is_symlink():
+        old = Artifact.read(link)
+        aside = variant_dir(plan.out_dir, stage.name, old.fingerprint) if old is not None else \
+            plan.out_dir / STORE / f".old-{stage.name}"
+        if aside.exists():
+            shutil.rmtree(link)
+        else:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(link, aside)
+    tmp = link.with_name(f".link-{stage.name}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(stage.folder, plan.out_dir), tmp)
+    os.replace(tmp, link)
 
 
 def work_dir(plan: Plan, stage: StagePlan):
@@ -103,9 +154,9 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
 
     recipe, name = plan.recipe, stage.name
     config = recipe.stages[name]
-    final = plan.out_dir / name
+    final = stage.folder
     # Names every rank can compute alike; the fingerprint keeps checkpoints of another config from being resumed.
-    tmp = plan.out_dir / f".tmp-{name}-{stage.fingerprint[:12]}"
+    tmp = final.with_name(f".tmp-{final.name}")
     work = work_dir(plan, stage)
     if state.is_main_process:
         log.info("[%s] running %s stage (%s)", name, config.kind, stage.reason)
@@ -119,9 +170,9 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
 
     upstream = {}
     for up in config.from_:
-        artifact = Artifact.read(plan.out_dir / up)
+        artifact = Artifact.read(plan[up].folder)  # the variant of today's settings, whatever the link names
         if artifact is None:
-            raise PipelineError(f"stage '{name}': upstream artifact {plan.out_dir / up} is missing")
+            raise PipelineError(f"stage '{name}': upstream artifact {plan[up].folder} is missing")
         upstream[up] = artifact
     ctx = StageContext(
         name=name,
@@ -133,6 +184,7 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         upstream=upstream,
         fingerprint=stage.fingerprint,
         base_model_path=plan.base_model_path,
+        output_dir=plan.out_dir,
         process_index=state.process_index,
         num_processes=state.num_processes,
     )
@@ -185,11 +237,14 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         }
         try:
             refuse_non_finite(name, tmp, result.metrics)
+            if (work / LIVE_LOG).is_file():
+                shutil.copy2(work / LIVE_LOG, tmp / LIVE_LOG)
             write_json(tmp / METRICS, result.metrics)
             (tmp / "README.md").write_text(model_card(tmp, manifest, result.metrics))
             manifest["files"] = record_files(tmp)
             write_json(tmp / MANIFEST, manifest)
             replace_dir(tmp, final)
+            point_at_variant(plan, stage)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if (explained := storage_error(exc, name, plan.out_dir)) is not None:

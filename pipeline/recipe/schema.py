@@ -111,6 +111,10 @@ class Recipe(Strict):
     made from `evaluate:` are added here too."""
     evaluate: EvaluateSection | None = None
     """Gold evaluation of the base model and of every policy stage (each an `evaluate` node of the graph)."""
+    sweep: dict[str, list[Any]] | None = None
+    """Variants to run side by side: dotted key -> values, e.g. {stages.dpo.beta: [0.05, 0.1, 0.3]}; several keys
+    make a grid. `run` runs every combination (stages they share once), `report` draws them all. --sweep on the
+    command line does the same."""
 
     @field_validator("output_dir")
     @classmethod

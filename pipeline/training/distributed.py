@@ -27,6 +27,8 @@ def distributed_state():
     from accelerate import PartialState
 
     cpu = not on_gpu()
+    if cpu:  # what DeepSpeed would pick anyway, without its "unable to detect" notice on stdout
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     state = PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
     if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         # accelerate only starts DeepSpeed's communication layer off the CPU; DeepSpeed code that runs before an

@@ -59,6 +59,7 @@ def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bo
         use_cpu=cpu,
         ddp_backend="gloo" if cpu and world_size() > 1 else None,
         dataloader_num_workers=0,
+        disable_tqdm=False,  # otherwise it follows transformers' log level, and prints every log dict instead
         **precision_flags(train.precision),
     )
     return kwargs
@@ -125,12 +126,15 @@ def guard_callback(ctx):
         resumed = False
 
         def on_step_begin(self, args, state, control, **kwargs):
-            # TRL counts the tokens trained on (`num_tokens` in logs and metrics) in an attribute no checkpoint
-            # keeps: after a resume it would restart from 0. Take it up where the log left it.
-            if not self.resumed and state.global_step > 0 and hasattr(self.trainer, "_total_train_tokens"):
-                logged = [row["num_tokens"] for row in state.log_history if "num_tokens" in row]
-                if logged and not self.trainer._total_train_tokens:
-                    self.trainer._total_train_tokens = logged[-1]
+            if not self.resumed and state.global_step > 0:
+                # TRL counts the tokens trained on (`num_tokens` in logs and metrics) in an attribute no checkpoint
+                # keeps: after a resume it would restart from 0. Take it up where the log left it.
+                if hasattr(self.trainer, "_total_train_tokens"):
+                    logged = [row["num_tokens"] for row in state.log_history if "num_tokens" in row]
+                    if logged and not self.trainer._total_train_tokens:
+                        self.trainer._total_train_tokens = logged[-1]
+                if state.is_world_process_zero:
+                    live_log_resumed_at(ctx, state.global_step)
             self.resumed = True
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -145,6 +149,8 @@ def guard_callback(ctx):
                 value = (logs or {}).get(key)
                 if isinstance(value, (int, float)) and not math.isfinite(value):
                     raise diverged(state.global_step, f"{key} is {value}")
+            if state.is_world_process_zero and logs:
+                append_live_log(ctx, {**logs, "step": state.global_step})
 
         def on_save(self, args, state, control, **kwargs):
             import torch.distributed as dist
@@ -155,6 +161,63 @@ def guard_callback(ctx):
                 mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     return Guard()
+
+
+LIVE_LOG = "log_history.jsonl"
+
+
+def append_live_log(ctx, row: dict) -> None:
+    """One logged step, appended to <work dir>/log_history.jsonl as it happens: a running or crashed stage can be
+    read there (the committed artifact gets a copy)."""
+    import json
+
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    with (ctx.work_dir / LIVE_LOG).open("a") as handle:
+        handle.write(json.dumps(row, default=float) + "\n")
+
+
+def live_log_resumed_at(ctx, step: int) -> None:
+    """A resumed run logs again from the checkpoint on: drop the rows the killed run logged after it."""
+    import json
+
+    path = ctx.work_dir / LIVE_LOG
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def tracking(ctx, train: TrainSettings) -> dict:
+    """TrainingArguments for the trackers of ``train.report_to``: one run per stage variant, named after it;
+    TensorBoard's event files under <output_dir>/tensorboard/<stage>-<fingerprint>/."""
+    import os
+
+    if not train.report_to:
+        return {"report_to": "none"}
+    name = f"{ctx.name}-{ctx.fingerprint[:12]}"
+    root = ctx.output_dir if ctx.output_dir is not None else ctx.final_dir.parent
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(root) / "tensorboard" / name)
+    os.environ.setdefault("WANDB_DIR", str(root))
+    os.environ.setdefault("WANDB_PROJECT", ctx.recipe.name)
+    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", ctx.recipe.name)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(root) / "mlruns").absolute().as_uri())
+    return {"report_to": list(train.report_to), "run_name": name}
+
+
+def quiet_progress():
+    """transformers' progress bar without its per-step dictionaries (the loss goes to the bar instead; the whole log
+    is in log_history.jsonl)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
+
+    return QuietProgress
 
 
 def mean_logged_loss(history: list[dict]) -> float | None:
@@ -204,8 +267,8 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
     config fields (``method_args``), LoRA from ``lora`` (None: full fine-tuning), the user's callbacks; then train
     (resuming from a checkpoint), measure and save the log. ``prepare(trainer)`` runs before training.
     Returns (trainer, metrics); the stage saves what it produced."""
-    args = config_class(**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None),
-                        **(method_args or {}))
+    args = config_class(**{**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None),
+                           **tracking(ctx, train)}, **(method_args or {}))
     guard = guard_callback(ctx)
     trainer = trainer_class(
         model=model,
@@ -218,6 +281,12 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
         **(trainer_args or {}),
     )
     guard.trainer = trainer
+    if not logging.getLogger("pipeline").isEnabledFor(logging.DEBUG):
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.pop_callback(PrinterCallback)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(quiet_progress())
     if prepare is not None:
         prepare(trainer)
     eval_size = len(eval_dataset) if eval_dataset is not None and evaluate_at_end else None

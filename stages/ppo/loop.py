@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 
 import torch
@@ -30,7 +31,7 @@ from pipeline.models.loading import load_sequence_classifier
 from pipeline.models.reward_model import RewardModel
 from pipeline.rl import ppo_math
 from pipeline.training.distributed import fresh_accelerator, on_gpu, uses_deepspeed
-from pipeline.training.trainer import lora_config, precision_flags
+from pipeline.training.trainer import append_live_log, live_log_resumed_at, lora_config, precision_flags, tracking
 
 from ..ppo_config import PPOStageConfig
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -100,9 +101,16 @@ class PPORun:
 
         flags = precision_flags(config.train.precision)
         # Created after the models are loaded (see above); any earlier stage's mixed-precision settings are dropped.
+        trackers = tracking(ctx, config.train)
         self.accelerator = fresh_accelerator(
             gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-            mixed_precision="bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "no")
+            mixed_precision="bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "no",
+            log_with=trackers["report_to"] if config.train.report_to else None,
+            project_dir=os.environ.get("TENSORBOARD_LOGGING_DIR") if config.train.report_to else None)
+        if config.train.report_to:
+            # one tracker run per stage variant, named like the TRL stages' (TensorBoard: the same folder)
+            self.accelerator.init_trackers(trackers["run_name"] if "tensorboard" not in config.train.report_to
+                                           else ".", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
         self._fill_deepspeed_config()
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -380,6 +388,8 @@ class PPORun:
         if state is None:
             return
         self.step = state["step"]
+        if self.accelerator.is_main_process:
+            live_log_resumed_at(self.ctx, self.step)
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.score_moments.load_state_dict(state["score_moments"])
         self.history, self.samples = state["history"], state["samples"]
@@ -400,11 +410,18 @@ class PPORun:
             metrics = self.ppo_step()
             if self.step == 1 or self.step % config.train.logging_steps == 0 or self.step == self.total_steps:
                 self.history.append(metrics)
+                if self.accelerator.is_main_process:
+                    append_live_log(self.ctx, metrics)
+                if config.train.report_to:
+                    self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                         step=self.step)
             bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")
             bar.update(1)
             if self.step % config.train.save_steps == 0 and self.step < self.total_steps:
                 save_checkpoint(self.accelerator, self.model, self.optimizer, self.ctx.work_dir, self.step, self._state())
         bar.close()
+        if config.train.report_to:
+            self.accelerator.end_training()
         steps_run = self.step - first_step
         elapsed = time.perf_counter() - started
         return self._final_metrics(steps_run, elapsed)

@@ -90,10 +90,12 @@ def build_upstream(recipe: Path, out: Path, stages: tuple[str, ...]) -> Path:
     return out
 
 
-def copy_artifacts(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
-    """Copies of finished stage folders in a fresh output folder, so a test can run downstream stages there."""
-    for name in stages:
-        shutil.copytree(source / name, target / name)
+def copy_artifacts(source: Path, target: Path, stages: tuple[str, ...] = ()) -> Path:
+    """A copy of a finished run's output folder (its store of variants, the stage links, merged bases), so a test
+    can run downstream stages there; ``stages`` says which are expected in it."""
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
+    missing = [name for name in stages if not (target / name / "manifest.json").exists()]
+    assert not missing, f"{source} has no {missing}"
     return target
 
 

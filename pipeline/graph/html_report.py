@@ -1,0 +1,199 @@
+"""``report RECIPE --out report.html``: one self-contained HTML page (no network, images inline) and the PNGs beside
+it: the gold table, the reward-KL frontier of every evaluated variant in the store, per-stage training curves and
+sample continuations. Drawn with matplotlib (Agg)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..artifacts.artifact import LOG_HISTORY, Artifact
+from ..artifacts.outputs import EvaluationOutput
+from .plan import STORE, Plan
+from .report import report_rows, shown_folder
+
+CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_coef",
+          "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length")
+"""Logged quantities drawn when a stage logged them (whatever its kind)."""
+LABEL_KEYS = (("beta", "beta"), ("kl.target", "KL target"), ("kl.coef", "KL coef"), ("loss_type", "loss"),
+              ("num_generations", "G"), ("lora.r", "r"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _get(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def frontier_points(out_dir: Path) -> list[dict]:
+    """One point per stored evaluation variant: gold mean (with its CI) against KL to the starting policy, with the
+    evaluated variant's kind and key settings."""
+    points = []
+    store = Path(out_dir) / STORE
+    for folder in sorted(store.iterdir()) if store.is_dir() else []:
+        artifact = Artifact.read(folder)
+        if artifact is None or not isinstance(artifact.output, EvaluationOutput):
+            continue
+        try:
+            data = json.loads((folder / artifact.output.eval_file).read_text())
+        except (OSError, ValueError):
+            continue
+        target = artifact.output.target
+        kind, label = "base model", "base"
+        if target != "base":
+            upstream_fp = ((artifact.manifest.get("inputs") or {}).get("upstream") or {}).get(target, "")
+            evaluated = Artifact.read(store / f"{target}-{upstream_fp[:12]}")
+            kind = evaluated.kind if evaluated is not None else target
+            config = evaluated.manifest.get("config", {}) if evaluated is not None else {}
+            settings = [f"{name} {_get(config, key)}" for key, name in LABEL_KEYS if _get(config, key) is not None]
+            label = f"{target}" + (f" ({', '.join(settings[:2])})" if settings else "")
+        points.append({"target": target, "kind": kind, "label": label, "kl": data["kl_mean"],
+                       "gold": data["gold_mean"], "ci": data["gold_ci95"], "judge": data.get("judge"),
+                       "evaluation": folder.name})
+    return points
+
+
+def frontier_png(points: list[dict]) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    kinds = sorted({p["kind"] for p in points})
+    markers = "o^sDvP*X<>"
+    for i, kind in enumerate(kinds):
+        mine = [p for p in points if p["kind"] == kind]
+        ax.errorbar([p["kl"] for p in mine], [p["gold"] for p in mine],
+                    yerr=[[p["gold"] - p["ci"][0] for p in mine], [p["ci"][1] - p["gold"] for p in mine]],
+                    fmt=markers[i % len(markers)], capsize=3, label=kind, markersize=7)
+        for p in mine:
+            ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    judge = next((p["judge"] for p in points if p.get("judge")), "gold judge")
+    ax.set_xlabel("KL to the starting policy (nats per completion)")
+    ax.set_ylabel(f"gold score ({judge}), mean and 95% CI")
+    ax.set_title("reward-KL frontier: every evaluated variant")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def curves_png(stage: str, history: list[dict]) -> bytes | None:
+    keys = [k for k in CURVES if any(k in row and isinstance(row[k], (int, float)) for row in history)]
+    if not keys:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(keys))
+    rows = (len(keys) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(row.get("step"), row[key]) for row in history if isinstance(row.get(key), (int, float))
+                  and row.get("step") is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"{stage}: training log", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _img(name: str, data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}" data-file="{name}">' \
+           f"<figcaption>{html.escape(alt)} ({name})</figcaption></figure>"
+
+
+def render(plan: Plan, out: Path) -> Path:
+    """Write ``out`` (HTML) and its PNGs beside it; returns ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images: list[tuple[str, bytes, str]] = []
+    points = frontier_points(plan.out_dir)
+    if points:
+        images.append((f"{out.stem}-frontier.png", frontier_png(points), "reward-KL frontier"))
+    curves = []
+    for stage in plan.stages:
+        folder = shown_folder(plan, stage)
+        if Artifact.read(folder) is None or not (folder / LOG_HISTORY).is_file():
+            continue
+        history = json.loads((folder / LOG_HISTORY).read_text())
+        png = curves_png(stage.name, history)
+        if png is not None:
+            curves.append((f"{out.stem}-{stage.name}.png", png, f"{stage.name} ({stage.kind}) training curves"))
+    images += curves
+    for name, data, _ in images:
+        (out.parent / name).write_bytes(data)
+
+    rows = report_rows(plan)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>{html.escape(plan.recipe.name)}: alignment pipeline report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figure{margin:1.5em 0}figcaption{color:#666;font-size:13px}.sample{text-align:left;max-width:700px}"
+             "</style></head><body>",
+             f"<h1>Recipe {html.escape(plan.recipe.name)}</h1>",
+             f"<p>Output folder {html.escape(str(plan.out_dir))}; written "
+             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>"]
+    if rows:
+        parts += [f"<h2>Gold evaluation</h2><p>Judge <code>{html.escape(str(rows[0].get('judge')))}</code>, "
+                  f"n={rows[0].get('n')}; KL to each stage's starting policy; 95% bootstrap intervals.</p>",
+                  "<table><tr><th>target</th><th>kind</th><th>gold mean</th><th>95% CI</th><th>KL</th>"
+                  "<th>distinct-1</th><th>distinct-2</th><th>length</th></tr>"]
+        for r in rows:
+            parts.append(f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['kind'])}</td>"
+                         f"<td>{r['gold_mean']:.3f}</td><td>[{r['gold_ci95'][0]:.3f}, {r['gold_ci95'][1]:.3f}]</td>"
+                         f"<td>{r['kl_mean']:.2f}</td><td>{r['distinct_1']:.3f}</td><td>{r['distinct_2']:.3f}</td>"
+                         f"<td>{r['mean_length']:.1f}</td></tr>")
+        parts.append("</table>")
+    if points:
+        parts += ["<h2>Reward against KL</h2>", "<p>Every evaluated variant in the store (sweeps included): gold "
+                  "score against the KL to the policy it started from.</p>", _img(*images[0])]
+        parts += ["<table><tr><th>variant</th><th>kind</th><th>KL</th><th>gold mean</th><th>evaluation</th></tr>"]
+        for p in sorted(points, key=lambda p: (p["kind"], p["kl"])):
+            parts.append(f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(p['kind'])}</td>"
+                         f"<td>{p['kl']:.2f}</td><td>{p['gold']:.3f}</td><td>{html.escape(p['evaluation'])}</td></tr>")
+        parts.append("</table>")
+    if curves:
+        parts.append("<h2>Training curves</h2>")
+        parts += [_img(*image) for image in curves]
+    samples = []
+    for r in rows:
+        path = shown_folder(plan, plan[r["node"]]) / "eval_samples.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines()[:4]:
+                row = json.loads(line)
+                samples.append((r["target"], row))
+    if samples:
+        parts += ["<h2>Sample continuations</h2>", "<table><tr><th>policy</th><th>prompt</th><th>continuation</th>"
+                  "<th>gold</th></tr>"]
+        for target, row in samples:
+            parts.append(f"<tr><td>{html.escape(target)}</td><td class='sample'>{html.escape(str(row['prompt']))}"
+                         f"</td><td class='sample'>{html.escape(str(row['completion']))}</td>"
+                         f"<td>{row['gold']:.3f}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
