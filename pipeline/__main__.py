@@ -358,7 +358,7 @@ def cmd_gc(args) -> int:
 
     from .errors import UsageError
     from .graph.plan import make_plan
-    from .graph.variants import _size, collect
+    from .graph.variants import collect, size_text
     from .recipe import load_recipe
     from .store.lock import OutputLock
 
@@ -373,7 +373,7 @@ def cmd_gc(args) -> int:
         verb = "would remove" if args.dry_run else "removed"
         for path in doomed:
             print(f"{verb} {path}")
-        print(f"{out}: {verb} {len(doomed)} folder(s), {_size(freed)}")
+        print(f"{out}: {verb} {len(doomed)} folder(s), {size_text(freed)}")
     return 0
 
 

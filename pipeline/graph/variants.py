@@ -77,15 +77,15 @@ def describe_variants(out_dir: Path, plan: Plan | None = None) -> str:
                           for k in SHOWN_METRICS if k in metrics)[:40]
         when = str(v.artifact.manifest.get("finished_at", "?"))[:16].replace("T", " ")
         lines.append(f"{v.stage:<14}{v.fingerprint[:12]:<14}{'*' if v.current else ' ':2}{when:<18}"
-                     f"{_size(v.size):>10}  {shown:<40}  {differences(v, plan)}")
+                     f"{size_text(v.size):>10}  {shown:<40}  {differences(v, plan)}")
     bases = folder_size(Path(out_dir) / BASES) if (Path(out_dir) / BASES).is_dir() else 0
     work = folder_size(Path(out_dir) / ".work") if (Path(out_dir) / ".work").is_dir() else 0
-    lines += ["", f"* the variant {out_dir}/<stage> names. {len(rows)} variants, {_size(total)}; merged bases "
-                  f"{_size(bases)}; checkpoints {_size(work)}"]
+    lines += ["", f"* the variant {out_dir}/<stage> names. {len(rows)} variants, {size_text(total)}; merged bases "
+                  f"{size_text(bases)}; checkpoints {size_text(work)}"]
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -29,8 +29,11 @@ def reward_model(ctx):
     """The upstream reward stage's model and tokenizer, loaded from its folder (never from a hub name)."""
     from ..models.loading import load_sequence_classifier, load_tokenizer
 
-    folder = str(ctx.upstream_of("reward_model").path)
+    upstream = ctx.upstream_of("reward_model")
+    folder = str(upstream.path)
     model = load_sequence_classifier(folder, ctx.recipe.model.dtype)
+    # TRL names the reward's log keys after the model's name (rewards/<name>/mean): the stage's, not its folder's
+    model.config._name_or_path = upstream.manifest.get("stage", upstream.path.name)
     return model.eval().requires_grad_(False), load_tokenizer(folder)
 
 

@@ -61,7 +61,7 @@ def test_lora_policy_moves_off_sft_and_reloads_with_plain_peft(out, kind):
                       f"stages.{kind}.train.learning_rate=3e-2", *short(kind), only=(kind,)))
     folder = out / kind
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["output"]["format"] == "adapter" and manifest["output"]["base"]["path"].startswith("../.bases/sft-")
+    assert manifest["output"]["format"] == "adapter" and manifest["output"]["base"]["path"].startswith("../../.bases/sft-")
 
     # TRL's per-step reward and KL figures, in the log and summarised in metrics.json
     steps = logged(folder)

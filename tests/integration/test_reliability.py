@@ -38,7 +38,7 @@ def test_upstream_weights_overwritten_in_place_are_refused(chain):
     with pytest.raises(DamagedArtifact) as info:
         make_plan(load_recipe(path), only=["next"], force=["next"])
     message = str(info.value)
-    assert "sft: adapter_model.safetensors changed since the stage wrote it" in message and "--force sft" in message
+    assert "adapter_model.safetensors changed since the stage wrote it" in message and "--force sft" in message
     result = run_cli("run", str(path), "--only", "next", "--force", "next")
     assert result.returncode == 2 and "--force sft" in result.stderr and "Traceback" not in result.stderr
     make_plan(load_recipe(path), force=["sft"])  # rebuilding the damaged stage is allowed
@@ -60,7 +60,7 @@ def test_a_same_time_overwrite_is_found_by_verify(chain):
 def test_deleted_weights_are_refused(chain):
     path, out = chain
     (out / "sft" / "adapter_model.safetensors").unlink()
-    with pytest.raises(DamagedArtifact, match="sft: adapter_model.safetensors is missing"):
+    with pytest.raises(DamagedArtifact, match=r"out/sft \(variant \w+\): adapter_model.safetensors is missing"):
         make_plan(load_recipe(path))
 
 
