@@ -85,6 +85,10 @@ class PPOStageConfig(StageConfig):
     reference: Literal["auto", "copy"] = "auto"
     """auto: with LoRA the reference is the starting weights with the adapter disabled; copy: an explicit frozen copy
     (twice the weight memory)."""
+    share_trunk: bool = True
+    """Run the decoder layers the policy, its reference and the value model have in common once per rollout, and
+    keep the frozen layers' output for the PPO epochs (exact: layers count as shared only where their weights are
+    equal; off by itself where nothing is shared, e.g. all-layer LoRA or full fine-tuning)."""
     sample_every: int = Field(10, ge=1)
     """Every this many PPO steps, record sample generations (prompt, response, score, KL) in samples.jsonl and log a
     few."""

@@ -143,7 +143,9 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
             action, reason = "skip", "not selected"
         elif name in forced:
             action, reason = "run", "forced"
-        elif existing is not None:
+        elif existing is not None and _is_current(out_dir, name, folder):
+            action, reason = "cached", "artifact matches"
+        elif existing is not None:  # an earlier variant comes back: say which, since the link will move to it
             action, reason = "cached", f"stored variant {fingerprint[:12]} ({_when(existing)})"
         else:
             action, reason = "run", _why_new(out_dir, name, parts)
@@ -153,6 +155,14 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
     _check_upstreams_ready(plan)
     _check_artifacts_intact(plan, verify)
     return plan
+
+
+def _is_current(out_dir: Path, name: str, folder: Path) -> bool:
+    """Whether <output_dir>/<name> already names this variant."""
+    try:
+        return (out_dir / name).resolve() == folder.resolve()
+    except OSError:
+        return False
 
 
 def _check_artifacts_intact(plan: Plan, full: bool) -> None:

@@ -37,6 +37,8 @@ from ..ppo_config import PPOStageConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import PolicyAndValue, frozen_copy, make_optimizer, policy_logits, token_logprobs
 from .rollout import Rollout, prompt_schedule
+from .trunk import decoder_stack, plan_trunk
+from .trunk import describe as describe_trunk
 
 log = logging.getLogger("pipeline")
 
@@ -115,7 +117,11 @@ class PPORun:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
 
-        model = PolicyAndValue(policy, value)
+        trunk = plan_trunk(policy, value, self.reference, config.share_trunk)
+        if ctx.is_main:
+            log.info("[%s] %s", ctx.name, describe_trunk(trunk, len(decoder_stack(policy).layers)
+                                                         if decoder_stack(policy) is not None else 0))
+        model = PolicyAndValue(policy, value, trunk)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(config, self.parameters)
         self.updates_per_step = config.ppo_epochs * (config.rollout_batch_size // self._minibatch)
@@ -209,7 +215,9 @@ class PPORun:
         config = self.config
         batch = Rollout.pack(completions, self.pad_id, self.accelerator.device)
         logprobs, ref_logprobs, values = [], [], []
+        cache: dict[str, list] = {"policy": [], "value": []}
         micro = config.train.batch_size
+        temperature = config.sampling.temperature
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
             unwrapped.eval()
             for start in range(0, len(completions), micro):
@@ -217,8 +225,16 @@ class PPORun:
                     batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_ids,
                     batch.response_mask)))
                 width = part.response_ids.shape[1]
+                if unwrapped.trunk.on:  # one pass through the layers the models share (stages/ppo/trunk.py)
+                    out = unwrapped.score(part.input_ids, part.attention_mask, part.position_ids, width)
+                    logprobs.append(token_logprobs(out["logits"], part.response_ids, temperature))
+                    ref_logprobs.append(token_logprobs(out["reference"], part.response_ids, temperature))
+                    values.append(out["values"])
+                    cache["policy"].append(out["policy"])
+                    cache["value"].append(out["value"])
+                    continue
                 logits, value = unwrapped(part.input_ids, part.attention_mask, part.position_ids, width)
-                logprobs.append(token_logprobs(logits, part.response_ids, config.sampling.temperature))
+                logprobs.append(token_logprobs(logits, part.response_ids, temperature))
                 values.append(value)
                 ref_logprobs.append(self._reference_logprobs(unwrapped.policy, part))
             scores = torch.tensor(self._scores(unwrapped.value, prompts, completions),
@@ -226,7 +242,8 @@ class PPORun:
             unwrapped.train()
         mask = batch.response_mask.float()
         return {"batch": batch, "logprobs": torch.cat(logprobs) * mask, "ref_logprobs": torch.cat(ref_logprobs) * mask,
-                "values": torch.cat(values) * mask, "scores": scores}
+                "values": torch.cat(values) * mask, "scores": scores,
+                "cache": {k: torch.cat(v) for k, v in cache.items()} if cache["policy"] else None}
 
     def _reference_logprobs(self, policy, part: Rollout) -> torch.Tensor:
         width = part.response_ids.shape[1]
@@ -288,8 +305,12 @@ class PPORun:
                 part = batch.select(index)
                 width = part.response_ids.shape[1]
                 mask = part.response_mask.float()
+                cached = None
+                if rollout["cache"] is not None:  # the frozen layers' output for these rows, as scored
+                    first, cut, _ = batch.columns(index)
+                    cached = {k: v[index][:, first:cut] for k, v in rollout["cache"].items()}
                 with self.accelerator.accumulate(self.model):
-                    logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width)
+                    logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width, cached)
                     logprobs = token_logprobs(logits, part.response_ids, config.sampling.temperature)
                     pg_loss, pg_stats = ppo_math.policy_loss(
                         logprobs, rollout["logprobs"][index, :width], targets["advantages"][index, :width], mask,

@@ -9,6 +9,7 @@ from pipeline.errors import PipelineError
 
 from ..ppo_config import PPOStageConfig
 from .rollout import Rollout
+from .trunk import Stack, TrunkPlan, lm_logits
 
 
 def classifier_parts(model) -> tuple[nn.Module, nn.Module]:
@@ -28,9 +29,10 @@ class PolicyAndValue(nn.Module):
     forward returns the policy's logits at the positions that predict the response tokens, and the value model's
     value of each of those positions (the state before each response token)."""
 
-    def __init__(self, policy: nn.Module, value: nn.Module):
+    def __init__(self, policy: nn.Module, value: nn.Module, trunk: TrunkPlan | None = None):
         super().__init__()
         self.policy, self.value = policy, value
+        self.trunk = trunk if trunk is not None else TrunkPlan(0, 0, 0, "off")
 
     # What trl's unwrap_model_for_generation expects of a model: checkpointing is turned off while sampling.
     @property
@@ -46,17 +48,56 @@ class PolicyAndValue(nn.Module):
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
 
-    def forward(self, input_ids, attention_mask, position_ids, response_width: int):
+    def forward(self, input_ids, attention_mask, position_ids, response_width: int, cached: dict | None = None):
+        """(policy logits, values) of the response positions. With ``cached`` (the hidden states ``score`` kept for
+        these rows and columns) only the layers from each model's lowest trainable one are run."""
+        if cached is not None:
+            return self._from_cache(input_ids, attention_mask, position_ids, response_width, cached)
         # Only the last response_width + 1 positions go through the LM head: with a 49k vocabulary the head costs
         # more than the transformer on short sequences.
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              logits_to_keep=response_width + 1, use_cache=False).logits[:, :-1]
-        backbone, head = classifier_parts(self.value)
+        backbone, _ = classifier_parts(self.value)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        width = input_ids.shape[1]
-        values = head(hidden[:, width - response_width - 1 : width - 1]).squeeze(-1)
-        return logits, values.float()
+        return logits, self._values(hidden, input_ids.shape[1], response_width)
+
+    def _values(self, hidden, width: int, response_width: int) -> torch.Tensor:
+        _, head = classifier_parts(self.value)
+        return head(hidden[:, width - response_width - 1 : width - 1]).squeeze(-1).float()
+
+    def _from_cache(self, input_ids, attention_mask, position_ids, response_width: int, cached: dict):
+        trunk = self.trunk
+        policy, value = Stack(self.policy), Stack(self.value)
+        layers = len(policy.backbone.layers)
+        mask, rotary = policy.context(cached["policy"], attention_mask, position_ids)
+        top = policy.layers(cached["policy"], trunk.policy, layers, mask, rotary, position_ids)
+        logits = lm_logits(self.policy, policy.finish(top), response_width + 1)
+        mask, rotary = value.context(cached["value"], attention_mask, position_ids)
+        top = value.layers(cached["value"], trunk.value, layers, mask, rotary, position_ids)
+        return logits, self._values(value.finish(top), input_ids.shape[1], response_width)
+
+    @torch.no_grad()
+    def score(self, input_ids, attention_mask, position_ids, response_width: int) -> dict:
+        """One shared pass for a rollout micro-batch (trunk sharing on): the policy's and the reference's logits,
+        the values, and the hidden states at each model's lowest trainable layer for the PPO epochs."""
+        trunk = self.trunk
+        policy, value = Stack(self.policy), Stack(self.value)
+        layers = len(policy.backbone.layers)
+        hidden, mask, rotary = policy.start(input_ids, attention_mask, position_ids)
+        shared = policy.layers(hidden, 0, trunk.common, mask, rotary, position_ids)
+        at_policy = policy.layers(shared, trunk.common, trunk.policy, mask, rotary, position_ids)
+        logits = lm_logits(self.policy, policy.finish(
+            policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids)), response_width + 1)
+        with self.policy.disable_adapter():
+            reference = lm_logits(self.policy, policy.finish(
+                policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids)), response_width + 1)
+        if not trunk.common:  # nothing shared: the value model starts from its own embeddings
+            shared, mask, rotary = value.start(input_ids, attention_mask, position_ids)
+        at_value = value.layers(shared, trunk.common, trunk.value, mask, rotary, position_ids)
+        values = self._values(value.finish(value.layers(at_value, trunk.value, layers, mask, rotary, position_ids)),
+                              input_ids.shape[1], response_width)
+        return {"logits": logits, "reference": reference, "values": values, "policy": at_policy, "value": at_value}
 
 
 def policy_logits(policy, batch: "Rollout", response_width: int | None = None) -> torch.Tensor:

@@ -40,16 +40,21 @@ class Rollout:
         return cls(input_ids.to(device), mask.to(device), positions.to(device),
                    input_ids[:, prompt_width:].to(device), response_mask.to(device))
 
+    def columns(self, index: torch.Tensor) -> tuple[int, int, int]:
+        """(first, cut, response columns kept) of ``select(index)``: the column range of the selected rows with the
+        columns that are padding in every one of them cut away."""
+        mask = self.attention_mask[index]
+        width = self.response_mask.shape[1]
+        keep_response = max(1, int(self.response_mask[index].sum(-1).max().item()))
+        first = int(mask.float().argmax(-1).min().item())  # leftmost real token of any selected row
+        return first, self.input_ids.shape[1] - width + keep_response, keep_response
+
     def select(self, index: torch.Tensor) -> "Rollout":
         """Rows ``index``, with columns that are padding in every selected row cut away (less compute)."""
-        mask = self.attention_mask[index]
-        response_mask = self.response_mask[index]
-        width = self.response_mask.shape[1]
-        keep_response = max(1, int(response_mask.sum(-1).max().item()))
-        first = int(mask.float().argmax(-1).min().item())  # leftmost real token of any selected row
-        cut = self.input_ids.shape[1] - width + keep_response
-        return Rollout(self.input_ids[index][:, first:cut], mask[:, first:cut], self.position_ids[index][:, first:cut],
-                       self.response_ids[index][:, :keep_response], response_mask[:, :keep_response])
+        first, cut, keep_response = self.columns(index)
+        return Rollout(self.input_ids[index][:, first:cut], self.attention_mask[index][:, first:cut],
+                       self.position_ids[index][:, first:cut], self.response_ids[index][:, :keep_response],
+                       self.response_mask[index][:, :keep_response])
 
 
 def prompt_schedule(count: int, step: int, per_step: int, seed: int) -> list[int]:

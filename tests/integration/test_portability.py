@@ -87,7 +87,9 @@ def test_an_adapter_on_an_unmerged_adapter_names_a_plain_base(tiny_run):
     ppo_lora = json.loads((out / "ppo_lora" / "adapter_config.json").read_text())
     assert ppo_lora["base_model_name_or_path"] == str(base), "shared by every stage that starts from the SFT"
     merged_base = json.loads((out / "dpo_on_merged" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert merged_base == str(out / "sft_merged" / "merged")
+    # The stored variant, not the link <out>/sft_merged, which a later run with other settings repoints.
+    assert merged_base == str((out / "sft_merged").resolve() / "merged")
+    assert ".store" in Path(merged_base).parts
 
 
 def test_the_reward_model_loads_as_a_plain_sequence_classifier(tiny_run):

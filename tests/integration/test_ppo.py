@@ -166,3 +166,39 @@ def test_ppo_with_8bit_adam(out):
     run_plan(plan_for(out, "stages.ppo.train.optim=adamw_bnb_8bit", "stages.ppo.train.max_steps=3"))
     metrics = json.loads((out / "ppo" / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and history(out / "ppo")[-1]["kl"] > 0, "the policy moved"
+
+
+SHARED = ["stages.ppo.lora={r: 4, alpha: 16, dropout: 0.0, layers: [-1]}",
+          "stages.ppo.value_lora={r: 4, alpha: 16, dropout: 0.0, layers: [-1]}", "stages.ppo.train.max_steps=4",
+          "stages.ppo.train.logging_steps=1", "stages.ppo.train.learning_rate=3e-2"]
+TIMING = ("step_time_s", "generate_time_s", "generated_tokens_per_s", "lr")
+
+
+def test_trunk_sharing_is_exact(out, tmp_path, caplog):
+    """The policy adapts only its top layer, the value model too: the shared bottom layer runs once per rollout and
+    its output is kept for the PPO epochs. Every logged quantity and the adapters equal those of separate passes."""
+    import logging
+
+    plain = tmp_path / "plain"
+    shutil.copytree(out, plain, symlinks=True)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_plan(plan_for(out, *SHARED))
+    assert "trunk sharing on" in caplog.text and "PPO epochs rerun only layers 1-1" in caplog.text
+    run_plan(plan_for(plain, *SHARED, "stages.ppo.share_trunk=false"))
+    shared, separate = history(out / "ppo"), history(plain / "ppo")
+    assert [h["step"] for h in shared] == [1, 2, 3, 4]
+    differ = [(a["step"], key, a[key], b[key]) for a, b in zip(shared, separate) for key in a
+              if key not in TIMING and isinstance(a[key], float) and not abs(a[key] - b[key]) <= 1e-5]
+    assert not differ, "\n".join(map(str, differ))
+    adapters = load_file(out / "ppo" / "adapter_model.safetensors"), load_file(plain / "ppo" / "adapter_model.safetensors")
+    assert adapters[0].keys() == adapters[1].keys()
+    for key in adapters[0]:
+        assert (adapters[0][key] - adapters[1][key]).abs().max().item() <= 1e-5, key
+
+
+def test_trunk_sharing_turns_itself_off_where_nothing_is_shared(out, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_plan(plan_for(out, "stages.ppo.train.max_steps=1"))  # tiny.yaml's PPO trains every weight
+    assert "trunk sharing off: the reference is a separate copy" in caplog.text
