@@ -8,8 +8,6 @@ Written into every stage folder when the stage commits, and again by ``export`` 
 from __future__ import annotations
 
 import json
-import re
-from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -28,7 +26,6 @@ KEY_SETTINGS = ("lora", "beta", "loss_type", "kl", "max_length", "ppo_epochs", "
 TRAIN_SETTINGS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps")
 HEADLINE = ("train_loss", "eval_loss", "global_step", "eval_accuracy", "eval_rewards/accuracies", "score_first",
             "score_last", "kl_last", "kl_coef_final", "reward_first", "reward_last", "pairs")
-WORD = re.compile(r"[A-Za-z]{4,}")
 
 
 def _store(artifact_path: Path) -> Path:
@@ -68,21 +65,22 @@ def evaluations_of(artifact: Artifact) -> list[dict]:
         except (OSError, ValueError):
             continue
         samples = other.path / other.output.samples_file
-        rows.append({**data, "target": other.output.target, "repetition": _repetition_share(samples)})
+        repetition = data.get("repetition_share")
+        rows.append({**data, "target": other.output.target,
+                     "repetition": repetition if repetition is not None else _repetition_share(samples)})
     return rows
 
 
 def _repetition_share(samples: Path) -> float | None:
-    """Share of completions that repeat a word of 4+ letters three or more times (a sign of reward gaming)."""
+    """Share of completions that repeat a content word three or more times (a sign of reward gaming), from the
+    samples of evaluations written before eval.json carried it."""
+    from ..evaluation.metrics import repetition_share
+
     try:
         texts = [json.loads(line)["completion"] for line in samples.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError):
         return None
-    if not texts:
-        return None
-    repeated = sum(1 for text in texts
-                   if any(n >= 3 for n in Counter(w.lower() for w in WORD.findall(text)).values()))
-    return repeated / len(texts)
+    return repetition_share(texts) if texts else None
 
 
 def _settings(config: dict) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import PipelineError
 from .generation import completion_logprobs, generate
 from .judges import make_judge
-from .metrics import bootstrap_ci, distinct_n
+from .metrics import bootstrap_ci, distinct_n, repeats_itself
 from .settings import EvalSettings
 
 
@@ -30,7 +30,8 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
     When ``reference`` is None or is ``policy`` itself, every KL is exactly 0 and no reference pass is run.
 
     metrics: n, gold_mean, gold_ci95, gold_share_above, threshold, judge, kl_mean, kl_ci95, distinct_1, distinct_2,
-    mean_length (completion tokens, EOS included), eos_rate. samples: [{prompt, completion, gold, kl, length}].
+    repetition_share (completions that repeat a content word 3+ times: see metrics.py), mean_length (completion
+    tokens, EOS included), eos_rate. samples: [{prompt, completion, gold, kl, length, repeats}].
     """
     prompts = list(prompts)[: settings.n]
     if not prompts:
@@ -51,6 +52,7 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
         kl = [float((p - r).sum()) for p, r in zip(policy_lp, reference_lp)]
 
     lengths = [len(c.completion_ids) for c in completions]
+    repeats = [repeats_itself(t) for t in texts]
     metrics = {
         "n": len(completions),
         "gold_mean": _mean(gold),
@@ -62,18 +64,19 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
         "kl_ci95": bootstrap_ci(kl, settings.bootstrap, settings.seed),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
+        "repetition_share": sum(repeats) / len(repeats),
         "mean_length": _mean(lengths),
         "eos_rate": sum(c.eos for c in completions) / len(completions),
     }
     samples = [
-        {"prompt": c.prompt, "completion": c.completion, "gold": g, "kl": k, "length": length}
-        for c, g, k, length in zip(completions, gold, kl, lengths)
+        {"prompt": c.prompt, "completion": c.completion, "gold": g, "kl": k, "length": length, "repeats": r}
+        for c, g, k, length, r in zip(completions, gold, kl, lengths, repeats)
     ]
     return metrics, samples
 
 
 def write_samples(path: Path, samples: list[dict]) -> None:
-    """One JSON line per evaluated sample (prompt, completion, gold, kl, length), written atomically."""
+    """One JSON line per evaluated sample (prompt, completion, gold, kl, length, repeats), written atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     tmp.replace(path)

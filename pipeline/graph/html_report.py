@@ -161,12 +161,13 @@ def render(plan: Plan, out: Path) -> Path:
         parts += [f"<h2>Gold evaluation</h2><p>Judge <code>{html.escape(str(rows[0].get('judge')))}</code>, "
                   f"n={rows[0].get('n')}; KL to each stage's starting policy; 95% bootstrap intervals.</p>",
                   "<table><tr><th>target</th><th>kind</th><th>gold mean</th><th>95% CI</th><th>KL</th>"
-                  "<th>distinct-1</th><th>distinct-2</th><th>length</th></tr>"]
+                  "<th>distinct-1</th><th>distinct-2</th><th>repeats a word 3+ times</th><th>length</th></tr>"]
         for r in rows:
             parts.append(f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['kind'])}</td>"
                          f"<td>{r['gold_mean']:.3f}</td><td>[{r['gold_ci95'][0]:.3f}, {r['gold_ci95'][1]:.3f}]</td>"
                          f"<td>{r['kl_mean']:.2f}</td><td>{r['distinct_1']:.3f}</td><td>{r['distinct_2']:.3f}</td>"
-                         f"<td>{r['mean_length']:.1f}</td></tr>")
+                         f"<td>{'-' if r.get('repetition_share') is None else format(r['repetition_share'], '.0%')}"
+                         f"</td><td>{r['mean_length']:.1f}</td></tr>")
         parts.append("</table>")
     if points:
         parts += ["<h2>Reward against KL</h2>", "<p>Every evaluated variant in the store (sweeps included): gold "

@@ -35,6 +35,10 @@ def shown_folder(plan: Plan, stage) -> Path:
     return stage.folder if Artifact.read(stage.folder) is not None else plan.out_dir / stage.name
 
 
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def format_report(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -42,13 +46,13 @@ def format_report(rows: list[dict]) -> str:
     lines = [
         f"gold evaluation (judge {judge}, n={rows[0].get('n')}; KL to each stage's starting policy)",
         f"{'target':<14}{'kind':<12}{'gold mean':>10}  {'95% CI':<18}{f'>{threshold}':>7}{'KL':>8}"
-        f"{'dist-1':>8}{'dist-2':>8}{'len':>6}",
+        f"{'dist-1':>8}{'dist-2':>8}{'repeat':>8}{'len':>6}",
     ]
     for r in rows:
         lo, hi = r["gold_ci95"]
         lines.append(
             f"{r['target']:<14}{r['kind']:<12}{r['gold_mean']:>10.3f}  [{lo:.3f}, {hi:.3f}]{'':<3}"
             f"{r['gold_share_above']:>7.2f}{r['kl_mean']:>8.3f}{r['distinct_1']:>8.3f}{r['distinct_2']:>8.3f}"
-            f"{r['mean_length']:>6.1f}"
+            f"{_share(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}"
         )
     return "\n".join(lines)

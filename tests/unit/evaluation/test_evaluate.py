@@ -64,14 +64,29 @@ def test_metrics_by_hand(monkeypatch):
         "kl_ci95": [0.0, 0.0],
         "distinct_1": pytest.approx(3 / 5),  # a b a c b
         "distinct_2": 1.0,  # (a b) (a c)
+        "repetition_share": 0.0,  # no word of 4+ letters at all
         "mean_length": 2.0,  # 3, 2, 1 tokens
         "eos_rate": pytest.approx(2 / 3),
     }
     assert samples == [
-        {"prompt": "p1", "completion": "a b", "gold": 3.0, "kl": 0.0, "length": 3},
-        {"prompt": "p2", "completion": "a c", "gold": 3.0, "kl": 0.0, "length": 2},
-        {"prompt": "p3", "completion": "b", "gold": 1.0, "kl": 0.0, "length": 1},
+        {"prompt": "p1", "completion": "a b", "gold": 3.0, "kl": 0.0, "length": 3, "repeats": False},
+        {"prompt": "p2", "completion": "a c", "gold": 3.0, "kl": 0.0, "length": 2, "repeats": False},
+        {"prompt": "p3", "completion": "b", "gold": 1.0, "kl": 0.0, "length": 1, "repeats": False},
     ]
+
+
+def test_repetition_share_counts_completions_that_repeat_a_content_word(monkeypatch):
+    texts = ["joy and joy, pure JOY", "the the the the end", "love, love and more"]
+    monkeypatch.setattr(evaluation, "generate", lambda model, tokenizer, prompts, *a, **k: [
+        Completion(p, t, [1], [5], True) for p, t in zip(prompts, texts)])
+    settings = EvalSettings(prompts="x", n=3, judge="support.judges:length_judge", bootstrap=10)
+    metrics, samples = evaluate("policy", None, None, ["p1", "p2", "p3"], settings)
+    # "joy" has 3 letters: not a content word; "the" neither; "love" twice is not three times
+    assert metrics["repetition_share"] == 0.0
+    texts[1] = "what a lovely, Lovely, LOVELY day"
+    metrics, samples = evaluate("policy", None, None, ["p1", "p2", "p3"], settings)
+    assert metrics["repetition_share"] == pytest.approx(1 / 3)
+    assert [s["repeats"] for s in samples] == [False, True, False]
 
 
 def test_empty_prompts_and_bad_judge_fail_before_generating(monkeypatch):

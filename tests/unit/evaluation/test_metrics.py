@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.evaluation.metrics import bootstrap_ci, distinct_n
+from pipeline.evaluation.metrics import bootstrap_ci, distinct_n, most_repeated_word, repetition_share
 
 
 def test_distinct_n_by_hand():
@@ -29,3 +29,12 @@ def test_bootstrap_ci_by_hand():
     assert 0.1 <= lo < sum(values) / 5 < hi <= 0.9
     with pytest.raises(ValueError):
         bootstrap_ci([], 10, seed=0)
+
+
+def test_repetition_by_hand():
+    assert most_repeated_word("Happy, happy HAPPY days of joy") == ("happy", 3)
+    assert most_repeated_word("a an the 123 4444") == ("", 0)  # no run of 4+ letters
+    assert most_repeated_word("café café") == ("café", 2)  # letters, not only ASCII
+    assert repetition_share(["love love love", "love love", "fine"]) == pytest.approx(1 / 3)
+    assert repetition_share(["good good good"]) == 1.0
+    assert repetition_share([]) == 0.0
