@@ -24,7 +24,7 @@ BASE = "base"
 def run(ctx: StageContext) -> StageResult:
     config: EvaluateStageConfig = ctx.config
     upstream = ctx.upstream_of("policy")
-    target = next(iter(ctx.upstream)) if upstream is not None else BASE
+    target = next((n for n, a in ctx.upstream.items() if a is upstream), BASE) if upstream is not None else BASE
     output = EvaluationOutput(target)
     if not ctx.is_main:
         return StageResult(output)
@@ -40,9 +40,12 @@ def run(ctx: StageContext) -> StageResult:
     tokenizer = policy.tokenizer()
     policy_model = policy.load()
     reference_model = reference.load() if reference is not None else None
-    metrics, samples = evaluate(policy_model, reference_model, tokenizer, prompts, config)
+    reward_paths = {name: str(ctx.upstream[name].path) for name in config.judge_stages(ctx.upstream)}
+    metrics, samples = evaluate(policy_model, reference_model, tokenizer, prompts, config, reward_paths)
     write_samples(ctx.out_dir / output.samples_file, samples)
     write_json(ctx.out_dir / output.eval_file, {"target": target, **metrics})
-    log.info("[%s] gold_mean %.3f [%.3f, %.3f], kl %.3f", ctx.name, metrics["gold_mean"], *metrics["gold_ci95"],
-             metrics["kl_mean"])
+    log.info("[%s] gold_mean %.3f [%.3f, %.3f], kl %.3f, repeats a word 3+ times %.0f%%", ctx.name,
+             metrics["gold_mean"], *metrics["gold_ci95"], metrics["kl_mean"], 100 * metrics["repetition_share"])
+    for name, scored in metrics.get("judges", {}).items():
+        log.info("[%s] judge %s: %.3f [%.3f, %.3f]", ctx.name, name, scored["mean"], *scored["ci95"])
     return StageResult(output, metrics)

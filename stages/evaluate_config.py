@@ -24,7 +24,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     without one)."""
 
     produces: ClassVar[str] = "evaluation"
-    accepts: ClassVar[dict[str, bool]] = {"policy": False}
+    accepts: ClassVar[dict[str, bool]] = {"policy": False, "reward_model": False}  # the reward: a judge's model
     attached: ClassVar[bool] = True
     recipe_section: ClassVar[str] = "evaluate"
     node_prefix: ClassVar[str] = "eval-"
@@ -32,8 +32,13 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("prompts", self.prompts, "eval_prompt")]
 
-    def judges(self) -> list[tuple[str, str]]:
-        return [("judge", self.judge)]
+    def judge_specs(self) -> list[tuple[str, str]]:
+        return [("judge", self.judge)] + [(f"judges[{i}]", spec) for i, spec in enumerate(self.judges)]
+
+    def judge_stages(self, names) -> list[str]:
+        """The recipe stages that "reward:STAGE" judges read (they become upstreams of the node)."""
+        specs = [self.judge, *self.judges]
+        return [stage for scheme, _, stage in (s.partition(":") for s in specs) if scheme == "reward" and stage in names]
 
     def input_files(self) -> list[Path]:
         return [self.prompts]
@@ -49,8 +54,15 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
                 problems.append((f"stages[{i}]", f"'{name}' makes a {produced[name]}, not a policy"))
         targets = [n for n in names if produced.get(n) == "policy"
                    and (section.stages is None or n in section.stages)]
-        nodes = {f"{cls.node_prefix}base": {**settings, "from": []}} if section.baseline else {}
-        nodes.update({f"{cls.node_prefix}{name}": {**settings, "from": [name]} for name in targets})
+        specs = [settings.get("judge"), *(settings.get("judges") or [])]
+        judged_by = [stage for scheme, _, stage in (str(s).partition(":") for s in specs)
+                     if scheme == "reward" and stage in names]
+        for stage in judged_by:
+            if produced.get(stage, "reward_model") != "reward_model":
+                problems.append(("judges", f"'reward:{stage}': '{stage}' makes a {produced[stage]}, not a reward "
+                                           "model"))
+        nodes = {f"{cls.node_prefix}base": {**settings, "from": judged_by}} if section.baseline else {}
+        nodes.update({f"{cls.node_prefix}{name}": {**settings, "from": [name, *judged_by]} for name in targets})
         return nodes, problems
 
 

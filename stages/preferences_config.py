@@ -54,7 +54,7 @@ class PreferencesStageConfig(StageConfig):
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("prompts", self.prompts, "prompt")]
 
-    def judges(self) -> list[tuple[str, str]]:
+    def judge_specs(self) -> list[tuple[str, str]]:
         return [] if self.judge == "reward" else [("judge", self.judge)]
 
     def input_files(self) -> list[Path]:

@@ -286,7 +286,7 @@ class StageConfig(Strict):
         any model is loaded (``validate`` and the start of ``run``)."""
         return []
 
-    def judges(self) -> list[tuple[str, str]]:
+    def judge_specs(self) -> list[tuple[str, str]]:
         """(key, judge spec) of the judges the stage scores with, checked by importing them before any long work."""
         return []
 

@@ -21,9 +21,11 @@ def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSettings) -> tuple[dict, list[dict]]:
-    """Sample from ``policy`` on the first ``settings.n`` prompts, score with the gold judge, estimate the KL to
-    ``reference``; returns (metrics, samples).
+def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSettings,
+             reward_paths: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
+    """Sample from ``policy`` on the first ``settings.n`` prompts, score with the gold judge (and the panel of
+    ``settings.judges``), estimate the KL to ``reference``; returns (metrics, samples). ``reward_paths`` maps the
+    stage names of "reward:STAGE" judges to their artifact folders.
 
     The KL of a sample y is sum_t [log policy(y_t) - log reference(y_t)] (teacher forcing, temperature 1); its mean
     over samples estimates KL(policy || reference) when sampling uses the defaults (temperature 1, no top-p/top-k).
@@ -31,17 +33,20 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
 
     metrics: n, gold_mean, gold_ci95, gold_share_above, threshold, judge, kl_mean, kl_ci95, distinct_1, distinct_2,
     repetition_share (completions that repeat a content word 3+ times: see metrics.py), mean_length (completion
-    tokens, EOS included), eos_rate. samples: [{prompt, completion, gold, kl, length, repeats}].
+    tokens, EOS included), eos_rate, and with a panel judges: {spec: {mean, ci95}}. samples: [{prompt, completion,
+    gold, kl, length, repeats}, plus judges: {spec: score} with a panel].
     """
     prompts = list(prompts)[: settings.n]
     if not prompts:
         raise PipelineError("evaluation needs at least one prompt; the prompt list is empty")
-    judge = make_judge(settings.judge)  # before generating: a bad judge fails fast
+    judge = _judge(settings.judge, reward_paths)  # before generating: a bad judge fails fast
+    panel = [_judge(spec, reward_paths) for spec in settings.judges]
     completions = generate(policy, tokenizer, prompts, settings.sampling, settings.seed, desc="eval: generating")
     if len(completions) != len(prompts):
         raise RuntimeError(f"generation returned {len(completions)} completions for {len(prompts)} prompts")
     texts = [c.completion for c in completions]
     gold = judge.score(prompts, texts)
+    panel_scores = {other.name: other.score(prompts, texts) for other in panel}
 
     if reference is None or reference is policy:
         kl = [0.0] * len(completions)
@@ -68,11 +73,27 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
         "mean_length": _mean(lengths),
         "eos_rate": sum(c.eos for c in completions) / len(completions),
     }
+    if panel_scores:
+        metrics["judges"] = {name: {"mean": _mean(scores), "ci95": bootstrap_ci(scores, settings.bootstrap,
+                                                                                 settings.seed)}
+                             for name, scores in panel_scores.items()}
     samples = [
         {"prompt": c.prompt, "completion": c.completion, "gold": g, "kl": k, "length": length, "repeats": r}
         for c, g, k, length, r in zip(completions, gold, kl, lengths, repeats)
     ]
+    for index, sample in enumerate(samples) if panel_scores else ():
+        sample["judges"] = {name: scores[index] for name, scores in panel_scores.items()}
     return metrics, samples
+
+
+def _judge(spec: str, reward_paths: dict[str, str] | None):
+    """The judge of ``spec``; "reward:STAGE" reads that stage's artifact and keeps the stage's name."""
+    scheme, _, stage = spec.partition(":")
+    if scheme == "reward" and reward_paths and stage in reward_paths:
+        judge = make_judge(f"reward:{reward_paths[stage]}")
+        judge.name = spec
+        return judge
+    return make_judge(spec)
 
 
 def write_samples(path: Path, samples: list[dict]) -> None:

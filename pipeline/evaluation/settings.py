@@ -36,6 +36,10 @@ class EvalSettings(Strict):
     judge: str = "vader"
     """Gold judge: "vader" (sentiment compound of the completion, -1..1), or "module:function" (a Python function
     taking (prompts, completions) and returning one float per completion, imported, never evaluated)."""
+    judges: list[str] = Field(default_factory=list)
+    """More judges, each reported beside the gold judge with its mean and 95% CI (``judges`` in eval.json), so that
+    a gain can be checked against a judge the policy was not optimised for. Same forms as ``judge``, plus
+    "reward:STAGE" for a reward stage of this recipe."""
     threshold: float = 0.5
     """gold_share_above reports the share of samples whose gold score is above this."""
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
@@ -52,3 +56,14 @@ class EvalSettings(Strict):
         if problem is not None:
             raise ValueError(problem)
         return spec.strip()
+
+    @field_validator("judges")
+    @classmethod
+    def _usable_judges(cls, specs: list[str]) -> list[str]:
+        for index, spec in enumerate(specs):
+            if (problem := check_judge_spec(spec)) is not None:
+                raise ValueError(f"judges[{index}]: {problem}")
+        cleaned = [spec.strip() for spec in specs]
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("judges: each judge once")
+        return cleaned

@@ -26,8 +26,8 @@ def preflight(recipe: Recipe, out_dir: Path | None = None) -> list[Problem]:
                 checked[cache_key] = _data_problem(what, kind, recipe.seed)
             if checked[cache_key] is not None:
                 problems.append(Problem(f"stages.{name}.{key}", checked[cache_key]))
-        for key, spec in config.judges():
-            if (why := judge_problem(spec)) is not None:
+        for key, spec in config.judge_specs():
+            if (why := judge_problem(spec, recipe.stages)) is not None:
                 problems.append(Problem(f"stages.{name}.{key}", why))
         train = getattr(config, "train", None)
         for i, spec in enumerate(getattr(train, "callbacks", None) or []):
@@ -116,13 +116,16 @@ def _data_problem(what, kind: str, seed: int) -> str | None:
     return None
 
 
-def judge_problem(spec: str) -> str | None:
-    """Why a "module:function" judge cannot score (not importable, not a function of (prompts, completions))."""
+def judge_problem(spec: str, stages=()) -> str | None:
+    """Why a judge cannot score: a "module:function" not importable or not a function of (prompts, completions), a
+    "reward:X" where X is neither a stage of the recipe (``stages``) nor a folder."""
     from ..evaluation.judges import SCHEMES, check_judge_spec
 
     if (why := check_judge_spec(spec)) is not None:
         return why
-    scheme = spec.partition(":")[0]
+    scheme, _, rest = spec.strip().partition(":")
+    if scheme == "reward" and rest.strip() not in stages and not Path(rest.strip()).is_dir():
+        return f"judge '{spec}': '{rest.strip()}' is neither a stage of this recipe nor a reward artifact folder"
     if spec.strip() == "vader" or scheme in SCHEMES:
         return None
     module_name, _, function_name = spec.strip().partition(":")

@@ -55,4 +55,9 @@ def format_report(rows: list[dict]) -> str:
             f"{r['gold_share_above']:>7.2f}{r['kl_mean']:>8.3f}{r['distinct_1']:>8.3f}{r['distinct_2']:>8.3f}"
             f"{_share(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}"
         )
+    panel = [name for name in rows[0].get("judges", {})]
+    for name in panel:  # the other judges of evaluate.judges, one line each
+        lines.append(f"judge {name}: " + "; ".join(
+            f"{r['target']} {r['judges'][name]['mean']:.3f} [{r['judges'][name]['ci95'][0]:.3f}, "
+            f"{r['judges'][name]['ci95'][1]:.3f}]" for r in rows if name in r.get("judges", {})))
     return "\n".join(lines)

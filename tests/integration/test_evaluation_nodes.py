@@ -92,3 +92,50 @@ def test_user_stage_names_cannot_take_the_node_prefix(make_recipe, chat_data):
     explicit = load_recipe(make_recipe({"sft": sft_stage(chat_data), "check": {
         "kind": "evaluate", "from": "sft", "prompts": str(CARDS / "tiny_eval_prompts.yaml"), "n": 2}}))
     assert explicit.stages["check"].produces == "evaluation"
+
+
+def test_a_panel_of_judges_is_reported_beside_the_gold_judge(make_recipe, chat_data, tmp_path):
+    from pipeline.evaluation.judges import make_judge
+    from support import synthetic_pairs
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(32))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "What is 30 plus 4?"}, {"prompt": "Say 9."}])
+    card = make_card(tmp_path, "prompts", source={"path": str(prompts)}, format="prompt",
+                     splits={"eval_fraction": 1.0, "seed": 0})
+    reward = {"kind": "reward", "data": {"path": str(pairs)}, "lora": None, "max_length": 48,
+              "train": {"max_steps": 2, "batch_size": 8}}
+    path = make_recipe({"sft": sft_stage(chat_data), "reward": reward}, evaluate={
+        "prompts": str(card), "n": 2, "sampling": {"max_new_tokens": 4, "batch_size": 2},
+        "judges": ["reward:reward", "support.judges:length_judge"]})
+    recipe = load_recipe(path)
+    assert recipe.stages["eval-base"].from_ == ["reward"] and recipe.stages["eval-sft"].from_ == ["sft", "reward"]
+    assert topological_order(recipe).index("reward") < topological_order(recipe).index("eval-base")
+    out = tmp_path / "out"
+    run_recipe(path)
+    for node, target in (("eval-base", "base"), ("eval-sft", "sft")):
+        metrics = json.loads((out / node / "eval.json").read_text())
+        assert metrics["target"] == target and metrics["judge"] == "vader"
+        assert set(metrics["judges"]) == {"reward:reward", "support.judges:length_judge"}
+        samples = [json.loads(line) for line in (out / node / "eval_samples.jsonl").read_text().splitlines()]
+        lengths = [len(s["completion"]) for s in samples]
+        assert [s["judges"]["support.judges:length_judge"] for s in samples] == lengths
+        assert metrics["judges"]["support.judges:length_judge"]["mean"] == sum(lengths) / len(lengths)
+        lo, hi = metrics["judges"]["reward:reward"]["ci95"]
+        assert lo <= metrics["judges"]["reward:reward"]["mean"] <= hi
+    report = run_cli("report", str(path))
+    assert report.returncode == 0 and "judge reward:reward: base " in report.stdout and "; sft " in report.stdout, \
+        report.stdout + report.stderr
+    reward = make_judge(f"reward:{out / 'reward'}")  # the stage's artifact scored the samples
+    sample = samples[0]
+    assert reward.score([sample["prompt"]], [sample["completion"]])[0] == sample["judges"]["reward:reward"]
+
+
+def test_bad_panel_judges_are_named(make_recipe, chat_data, tmp_path):
+    nowhere = run_cli("validate", str(eval_recipe(make_recipe, chat_data, tmp_path, judges=["reward:nope"])))
+    assert nowhere.returncode == 2 and "'nope' is neither a stage of this recipe nor a reward artifact folder" \
+        in nowhere.stderr, nowhere.stderr
+    policy = run_cli("validate", str(eval_recipe(make_recipe, chat_data, tmp_path, judges=["reward:sft"])))
+    assert policy.returncode == 2 and "'reward:sft': 'sft' makes a policy, not a reward model" in policy.stderr, \
+        policy.stderr
+    twice = run_cli("validate", str(eval_recipe(make_recipe, chat_data, tmp_path, judges=["vader", " vader"])))
+    assert twice.returncode == 2 and "each judge once" in twice.stderr
