@@ -24,10 +24,31 @@ class KLSettings(Strict):
     """Per-token KL estimator in the penalty: k1 = log p - log q (InstructGPT's), k2 = (log p - log q)^2 / 2,
     k3 = (q/p - 1) - log(q/p) (never negative). The reported `kl` is always the k1 sum, the unbiased estimate."""
     target: float | None = Field(None, gt=0)
-    """Target KL per response (nats); set it to adapt coef with Ziegler et al.'s proportional controller. None keeps
-    coef fixed."""
+    """Target KL per response (nats); set it to adapt coef with the `controller`. None keeps coef fixed."""
+    controller: Literal["proportional", "pi"] = "proportional"
+    """How coef follows the target. proportional: Ziegler et al.'s controller (coef moves at most 20% x
+    samples/horizon a step: slow, the KL can overshoot the target far). pi: a proportional-integral controller on
+    log coef (gains kp, ki) that holds the KL near the target once it has first reached it (coef stays at its
+    initial value until then)."""
     horizon: int = Field(10000, ge=1)
-    """Adaptive controller horizon, in samples: larger moves coef more slowly."""
+    """proportional controller: horizon, in samples; larger moves coef more slowly."""
+    kp: float = Field(1.0, ge=0)
+    """pi controller: proportional gain; log coef moves by kp x the relative error (KL / target - 1, clipped to
+    [-1, 1]) of this step."""
+    ki: float = Field(0.5, ge=0)
+    """pi controller: integral gain; log coef moves by ki x the sum of the relative errors so far."""
+
+    @model_validator(mode="after")
+    def _controller_settings_used(self):
+        unused = {"proportional": ("kp", "ki"), "pi": ("horizon",)}[self.controller]
+        if self.target is None:
+            unused = ("controller", "horizon", "kp", "ki")
+        for key in unused:
+            if key in self.model_fields_set:
+                why = "no target is set (coef stays fixed)" if self.target is None else \
+                    f"the {self.controller} controller does not use it"
+                raise ValueError(f"{key}: {why}")
+        return self
 
 
 class PPOStageConfig(StageConfig):

@@ -186,6 +186,64 @@ class AdaptiveKLController:
         self.value = float(state["value"])
 
 
+@dataclass
+class PIKLController:
+    """A proportional-integral controller on log coef that holds the measured KL at ``target``.
+
+    Warm-up: coef stays at its initial value until the KL first reaches the target (the policy starts at KL 0, and
+    lowering coef on the way up would only make it overshoot). Then, each step,
+    error_t = clip(KL_t / target - 1, -1, 1); I_t = clip(I_{t-1} + error_t, -WINDUP, WINDUP);
+    coef_t = initial x exp(kp x error_t + ki x I_t). The log keeps coef positive and makes the response to a
+    relative error the same at any scale; the integral term removes the steady offset a proportional controller
+    keeps under constant reward pressure (the policy keeps pushing away from the reference, so a coef that merely
+    reacts to the current error settles above the target); the clip on the integral bounds coef to
+    initial x e^(+-ki x WINDUP) so a long stretch far from the target cannot wind it up beyond recovery.
+    """
+
+    initial: float
+    target: float
+    kp: float
+    ki: float
+    integral: float = 0.0
+    value: float = 0.0
+    reached: bool = False
+
+    WINDUP = 20.0
+
+    def __post_init__(self):
+        if self.value == 0.0:
+            self.value = self.initial
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if not math.isfinite(current_kl):
+            return
+        if not self.reached:  # warm-up: the policy starts at KL 0; lowering coef on the way up only overshoots
+            self.reached = current_kl >= self.target
+            if not self.reached:
+                return
+        error = min(max(current_kl / self.target - 1, -1.0), 1.0)
+        self.integral = min(max(self.integral + error, -self.WINDUP), self.WINDUP)
+        self.value = self.initial * math.exp(self.kp * error + self.ki * self.integral)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "integral": self.integral, "reached": self.reached}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+        self.integral = float(state.get("integral", 0.0))
+        self.reached = bool(state.get("reached", False))
+
+
+def kl_controller(coef: float, target: float | None, controller: str = "proportional", horizon: int = 10000,
+                  kp: float = 1.0, ki: float = 0.5):
+    """The KL coefficient's controller for these settings (fixed when there is no target)."""
+    if target is None:
+        return FixedKLController(coef)
+    if controller == "pi":
+        return PIKLController(coef, target, kp, ki)
+    return AdaptiveKLController(coef, target, horizon)
+
+
 class RunningMoments:
     """Running mean and standard deviation of scores over all rollouts so far (Chan et al.'s parallel update), for
     normalising scores to a stable scale across training."""

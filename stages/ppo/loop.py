@@ -141,8 +141,7 @@ class PPORun:
             self.scorer_model.to(self.accelerator.device)
 
         kl = config.kl
-        self.kl_controller = (ppo_math.AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.target
-                              else ppo_math.FixedKLController(kl.coef))
+        self.kl_controller = ppo_math.kl_controller(kl.coef, kl.target, kl.controller, kl.horizon, kl.kp, kl.ki)
         self.score_moments = ppo_math.RunningMoments()
         self.step = 0
         self.history: list[dict] = []

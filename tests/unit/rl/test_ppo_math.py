@@ -153,3 +153,34 @@ def test_running_normaliser_does_not_blow_up_equal_first_scores():
     assert moments.std == 0.0 and moments.scale == 1.0, "no spread yet: scores are left as they are"
     moments.update(torch.tensor([1.7, -0.3]))
     assert moments.scale == pytest.approx(moments.std) and moments.scale > 0.5
+
+
+def test_pi_kl_controller_by_hand():
+    controller = pm.kl_controller(0.1, 4.0, "pi", kp=1.0, ki=0.5)
+    assert isinstance(controller, pm.PIKLController)
+    for kl in (0.0, 1.0, 3.9):  # warm-up: below the target on the way up, coef stays where it started
+        controller.update(kl, 64)
+        assert controller.value == 0.1 and controller.integral == 0.0
+    controller.update(6.0, 64)  # reached: error 0.5, integral 0.5
+    assert controller.value == pytest.approx(0.1 * math.exp(1.0 * 0.5 + 0.5 * 0.5))
+    controller.update(3.0, 64)  # below now counts: error -0.25, integral 0.25
+    assert controller.value == pytest.approx(0.1 * math.exp(-0.25 + 0.5 * 0.25))
+    controller.update(40.0, 64)  # error clipped to 1
+    assert controller.integral == pytest.approx(1.25)
+    controller.update(float("nan"), 64)  # a non-finite KL moves nothing
+    assert controller.integral == pytest.approx(1.25)
+    restored = pm.kl_controller(0.1, 4.0, "pi")
+    restored.load_state_dict(controller.state_dict())  # resume: the integral and the warm-up state come back
+    restored.update(4.0, 64)
+    controller.update(4.0, 64)
+    assert restored.value == controller.value and restored.reached
+
+
+def test_pi_kl_controller_cannot_wind_up_without_bound():
+    controller = pm.kl_controller(0.1, 1.0, "pi", kp=1.0, ki=0.5)
+    for _ in range(1000):
+        controller.update(100.0, 64)
+    assert controller.integral == pm.PIKLController.WINDUP
+    assert controller.value == pytest.approx(0.1 * math.exp(1.0 + 0.5 * pm.PIKLController.WINDUP))
+    assert isinstance(pm.kl_controller(0.1, None, "pi"), pm.FixedKLController)
+    assert isinstance(pm.kl_controller(0.1, 2.0), pm.AdaptiveKLController)
