@@ -149,6 +149,24 @@ def work_dir(plan: Plan, stage: StagePlan):
     return plan.out_dir / ".work" / f"{stage.name}-{stage.fingerprint[:12]}"
 
 
+def _gpu_memory_reset() -> bool:
+    """Start counting this stage's peak GPU memory (False without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.reset_peak_memory_stats()
+    return True
+
+
+def _gpu_memory_peak() -> float:
+    """Most GPU memory this process's tensors held during the stage, in MiB (torch's allocator: what the stage
+    asked for, not the driver's reservation)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> dict:
     from transformers import set_seed
 
@@ -192,6 +210,7 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
     module = stage_module(config.kind)  # imports trl & co: timed apart from the stage's own work
     import_time = time.perf_counter() - clock
     set_seed(recipe.seed)
+    gpu = _gpu_memory_reset()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     try:
@@ -223,6 +242,8 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
             "seed": recipe.seed,
             "world_size": state.num_processes,
             "distributed_type": current_distributed_type(),
+            "device": str(state.device),
+            **({"peak_gpu_memory_mib": _gpu_memory_peak()} if gpu else {}),
             "wall_time_s": round(wall, 3),
             "import_time_s": round(import_time, 3),
             "started_at": started.isoformat(),
