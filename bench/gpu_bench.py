@@ -193,7 +193,7 @@ def stage_figures(out: Path, stage: str, model: dict, rate: float) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"GPU bench on {result['device_name']} ({result['model']['parameters'] / 1e9:.2f}B-parameter Llama, "
-             f"{'bf16' if result['cuda'] else 'fp32'}; measured matmul {result["matmul_tflops"]:.2f} TFLOP/s)", "",
+             f"{'bf16' if result['cuda'] else 'fp32'}; measured matmul {result['matmul_tflops']:.2f} TFLOP/s)", "",
              "| stage | steps | s/step | tokens/s | peak GPU MiB | MFU | sampling tok/s | plain TRL s/step | ours/TRL |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["stages"]:
