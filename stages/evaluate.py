@@ -1,7 +1,8 @@
 """The `evaluate` stage: gold evaluation of the upstream policy (or of the base model) on held-out prompts.
 
-The main process samples, scores and writes eval.json and eval_samples.jsonl; the others wait at the runner's
-barrier. The KL reference is the policy the evaluated stage started from (none for the base model: KL 0).
+Every process samples its share of the prompt batches (the same batches and seeds as one process would use); the
+main process gathers them, judges and writes eval.json and eval_samples.jsonl. The KL reference is the policy the
+evaluated stage started from (none for the base model: KL 0).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pipeline.contract.context import artifact_source, base_source
 from pipeline.data.loading import card_prompts
 from pipeline.evaluation.evaluate import evaluate, write_samples
 from pipeline.store.atomic import write_json
+from pipeline.training.distributed import to_process_device
 
 from .evaluate_config import EvaluateStageConfig
 
@@ -26,8 +28,6 @@ def run(ctx: StageContext) -> StageResult:
     upstream = ctx.upstream_of("policy")
     target = next((n for n, a in ctx.upstream.items() if a is upstream), BASE) if upstream is not None else BASE
     output = EvaluationOutput(target)
-    if not ctx.is_main:
-        return StageResult(output)
     if upstream is None:
         policy, reference = base_source(ctx.recipe, ctx.base_model_path), None
     else:
@@ -36,12 +36,17 @@ def run(ctx: StageContext) -> StageResult:
         reference = artifact_source(ctx.recipe, Path(start.resolve(upstream.path))) if start.is_artifact \
             else base_source(ctx.recipe, ctx.base_model_path)
     prompts = card_prompts(config.prompts, "eval", config.n)
-    log.info("[%s] gold evaluation of %s on %d prompts (judge %s)", ctx.name, target, len(prompts), config.judge)
+    if ctx.is_main:
+        log.info("[%s] gold evaluation of %s on %d prompts (judge %s%s)", ctx.name, target, len(prompts), config.judge,
+                 f"; sampling shared by {ctx.num_processes} processes" if ctx.num_processes > 1 else "")
     tokenizer = policy.tokenizer()
-    policy_model = policy.load()
-    reference_model = reference.load() if reference is not None else None
+    policy_model = to_process_device(policy.load())
+    reference_model = to_process_device(reference.load()) if reference is not None else None
     reward_paths = {name: str(ctx.upstream[name].path) for name in config.judge_stages(ctx.upstream)}
-    metrics, samples = evaluate(policy_model, reference_model, tokenizer, prompts, config, reward_paths)
+    metrics, samples = evaluate(policy_model, reference_model, tokenizer, prompts, config, reward_paths,
+                                rank=ctx.process_index, world=ctx.num_processes)
+    if not ctx.is_main:
+        return StageResult(output)
     write_samples(ctx.out_dir / output.samples_file, samples)
     write_json(ctx.out_dir / output.eval_file, {"target": target, **metrics})
     log.info("[%s] gold_mean %.3f [%.3f, %.3f], kl %.3f, repeats a word 3+ times %.0f%%", ctx.name,

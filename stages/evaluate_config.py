@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pipeline.config.schema import ExistingPath, StageConfig
+from pipeline.evaluation.judges import REWARD_SCHEME
 from pipeline.evaluation.settings import EvalSettings
 
 
@@ -38,7 +39,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     def judge_stages(self, names) -> list[str]:
         """The recipe stages that "reward:STAGE" judges read (they become upstreams of the node)."""
         specs = [self.judge, *self.judges]
-        return [stage for scheme, _, stage in (s.partition(":") for s in specs) if scheme == "reward" and stage in names]
+        return [stage for scheme, _, stage in (s.partition(":") for s in specs) if scheme == REWARD_SCHEME and stage in names]
 
     def input_files(self) -> list[Path]:
         return [self.prompts]
@@ -56,7 +57,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
                    and (section.stages is None or n in section.stages)]
         specs = [settings.get("judge"), *(settings.get("judges") or [])]
         judged_by = [stage for scheme, _, stage in (str(s).partition(":") for s in specs)
-                     if scheme == "reward" and stage in names]
+                     if scheme == REWARD_SCHEME and stage in names]
         for stage in judged_by:
             if produced.get(stage, "reward_model") != "reward_model":
                 problems.append(("judges", f"'reward:{stage}': '{stage}' makes a {produced[stage]}, not a reward "

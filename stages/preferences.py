@@ -14,8 +14,9 @@ from pipeline.data.loading import card_prompts
 from pipeline.data.pairs import PairCounts, build_pairs
 from pipeline.data.rows import rows_sha256
 from pipeline.errors import PipelineError
-from pipeline.evaluation.generation import generate
+from pipeline.evaluation.generation import generate_sharded
 from pipeline.evaluation.judges import make_judge
+from pipeline.training.distributed import to_process_device
 
 from .preferences_config import PreferencesStageConfig
 
@@ -28,14 +29,16 @@ CARD_FILE = "card.yaml"
 def run(ctx: StageContext) -> StageResult:
     config: PreferencesStageConfig = ctx.config
     prompts = card_prompts(config.prompts, "train", config.n_prompts)
-    # Sampling and judging run on the main process only; the others wait at the runner's barrier.
+    # Every process samples its share of the batches (the completions one process would sample); the main one
+    # gathers them, judges and writes the pairs.
+    source = ctx.policy_source()
+    tokenizer, model = source.tokenizer(), to_process_device(source.load())
+    repeated = [p for p in prompts for _ in range(config.k)]
+    samples = generate_sharded(model, tokenizer, repeated, config.sampling, ctx.seed, f"{ctx.name}: sampling",
+                               ctx.process_index, ctx.num_processes)
+    del model
     if not ctx.is_main:
         return StageResult(PreferencesOutput(CARD_FILE))
-    source = ctx.policy_source()
-    tokenizer, model = source.tokenizer(), source.load()
-    repeated = [p for p in prompts for _ in range(config.k)]
-    samples = generate(model, tokenizer, repeated, config.sampling, seed=ctx.seed, desc=f"{ctx.name}: sampling")
-    del model
     judge_spec = config.judge
     if judge_spec == "reward":
         judge_spec = f"reward:{ctx.upstream_of('reward_model').path}"

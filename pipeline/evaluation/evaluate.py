@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 from ..errors import PipelineError
-from .generation import completion_logprobs, generate
-from .judges import make_judge
+from .generation import all_gather_objects, completion_logprobs, generate, merge_batches, shard_batches
+from .judges import REWARD_SCHEME, make_judge
 from .metrics import bootstrap_ci, distinct_n, repeats_itself
 from .settings import EvalSettings
 
@@ -22,7 +22,8 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSettings,
-             reward_paths: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
+             reward_paths: dict[str, str] | None = None, *, rank: int = 0,
+             world: int = 1) -> tuple[dict, list[dict]] | tuple[None, None]:
     """Sample from ``policy`` on the first ``settings.n`` prompts, score with the gold judge (and the panel of
     ``settings.judges``), estimate the KL to ``reference``; returns (metrics, samples). ``reward_paths`` maps the
     stage names of "reward:STAGE" judges to their artifact folders.
@@ -30,6 +31,10 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
     The KL of a sample y is sum_t [log policy(y_t) - log reference(y_t)] (teacher forcing, temperature 1); its mean
     over samples estimates KL(policy || reference) when sampling uses the defaults (temperature 1, no top-p/top-k).
     When ``reference`` is None or is ``policy`` itself, every KL is exactly 0 and no reference pass is run.
+
+    In a job of ``world`` processes every process calls it: each samples and measures the KL of its share of the
+    batches (``shard_batches``: the same batches and seeds as one process), the main process gathers them, judges and
+    returns the result; the others return (None, None). One process or several give the same numbers.
 
     metrics: n, gold_mean, gold_ci95, gold_share_above, threshold, judge, kl_mean, kl_ci95, distinct_1, distinct_2,
     repetition_share (completions that repeat a content word 3+ times: see metrics.py), mean_length (completion
@@ -39,22 +44,30 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
     prompts = list(prompts)[: settings.n]
     if not prompts:
         raise PipelineError("evaluation needs at least one prompt; the prompt list is empty")
-    judge = _judge(settings.judge, reward_paths)  # before generating: a bad judge fails fast
-    panel = [_judge(spec, reward_paths) for spec in settings.judges]
-    completions = generate(policy, tokenizer, prompts, settings.sampling, settings.seed, desc="eval: generating")
+    if rank == 0:
+        judge = _judge(settings.judge, reward_paths)  # before generating: a bad judge fails fast
+        panel = [_judge(spec, reward_paths) for spec in settings.judges]
+    size = settings.sampling.batch_size
+    mine = shard_batches(len(prompts), size, rank, world)
+    local = generate(policy, tokenizer, prompts, settings.sampling, settings.seed, desc="eval: generating",
+                     progress=rank == 0, batches=mine)
+    if reference is None or reference is policy:
+        local_kl = [0.0] * len(local)
+    else:  # in the sampling batches: the same batches as one process, so the same numbers to the last bit
+        local_kl = []
+        for start in range(0, len(local), size):
+            chunk = local[start : start + size]
+            pairs = zip(completion_logprobs(policy, chunk, size), completion_logprobs(reference, chunk, size))
+            local_kl += [float((p - r).sum()) for p, r in pairs]
+    shards = all_gather_objects((mine, list(zip(local, local_kl))), world)
+    if rank != 0:
+        return None, None
+    completions, kl = map(list, zip(*merge_batches(shards, size))) if prompts else ([], [])
     if len(completions) != len(prompts):
         raise RuntimeError(f"generation returned {len(completions)} completions for {len(prompts)} prompts")
     texts = [c.completion for c in completions]
     gold = judge.score(prompts, texts)
     panel_scores = {other.name: other.score(prompts, texts) for other in panel}
-
-    if reference is None or reference is policy:
-        kl = [0.0] * len(completions)
-    else:
-        size = settings.sampling.batch_size
-        policy_lp = completion_logprobs(policy, completions, size)
-        reference_lp = completion_logprobs(reference, completions, size)
-        kl = [float((p - r).sum()) for p, r in zip(policy_lp, reference_lp)]
 
     lengths = [len(c.completion_ids) for c in completions]
     repeats = [repeats_itself(t) for t in texts]
@@ -89,7 +102,7 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
 def _judge(spec: str, reward_paths: dict[str, str] | None):
     """The judge of ``spec``; "reward:STAGE" reads that stage's artifact and keeps the stage's name."""
     scheme, _, stage = spec.partition(":")
-    if scheme == "reward" and reward_paths and stage in reward_paths:
+    if scheme == REWARD_SCHEME and reward_paths and stage in reward_paths:
         judge = make_judge(f"reward:{reward_paths[stage]}")
         judge.name = spec
         return judge

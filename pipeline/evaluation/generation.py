@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from .settings import SamplingSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import torch
 
 
@@ -70,8 +72,10 @@ def generate(
     desc: str = "generating",
     *,
     progress: bool = True,
+    batches: Collection[int] | None = None,
 ) -> list[Completion]:
-    """Sample one completion per prompt, in order.
+    """Sample one completion per prompt, in order (with ``batches``: only for the prompts of those batch indices,
+    as ``shard_batches`` deals them to the processes of a job).
 
     Prompts go through ``render_prompts`` and are batched ``sampling.batch_size`` at a time with left padding (the
     tokenizer's padding side is restored afterwards). Before batch ``i`` the torch RNG is seeded with ``seed + i``,
@@ -105,12 +109,13 @@ def generate(
     was_training = model.training
     side = tokenizer.padding_side
     results: list[Completion] = []
-    starts = range(0, len(prompts), sampling.batch_size)
+    chosen = [(i, start) for i, start in enumerate(range(0, len(prompts), sampling.batch_size))
+              if batches is None or i in batches]
     try:
         tokenizer.padding_side = "left"
         model.eval()
         with torch.no_grad():
-            for batch_index, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress)):
+            for batch_index, start in tqdm(chosen, desc=desc, unit="batch", disable=not progress):
                 texts = rendered[start : start + sampling.batch_size]
                 batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
                 batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
@@ -135,6 +140,43 @@ def generate(
         tokenizer.padding_side = side
         model.train(was_training)
     return results
+
+
+def shard_batches(count: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """The batch indices process ``rank`` of ``world`` samples, round robin. Each batch keeps its prompts and its
+    seed (seed + batch index), so the completions are those one process would sample."""
+    return list(range(rank, (count + batch_size - 1) // batch_size, world))
+
+
+def generate_sharded(model, tokenizer, prompts: list[str], sampling: SamplingSettings, seed: int, desc: str,
+                     rank: int, world: int) -> list[Completion] | None:
+    """``generate`` with the batches dealt to the ``world`` processes of a job and gathered: every process must call
+    it; the main process (rank 0) gets every completion in prompt order, the others None."""
+    mine = shard_batches(len(prompts), sampling.batch_size, rank, world)
+    local = generate(model, tokenizer, prompts, sampling, seed, desc, progress=rank == 0, batches=mine)
+    gathered = all_gather_objects((mine, local), world)
+    return merge_batches(gathered, sampling.batch_size) if rank == 0 else None
+
+
+def all_gather_objects(obj, num_processes: int) -> list:
+    """``obj`` of every process, in rank order (pickled through torch.distributed; gloo on CPU). One process: [obj]."""
+    if num_processes == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered = [None] * num_processes
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def merge_batches(shards: list[tuple[list[int], list]], batch_size: int) -> list:
+    """Items of batch-sharded work (each shard: its batch indices and their items, batch_size a batch but the last)
+    back in batch order."""
+    by_batch = {}
+    for indices, items in shards:
+        for position, index in enumerate(indices):
+            by_batch[index] = items[position * batch_size : (position + 1) * batch_size]
+    return [item for index in sorted(by_batch) for item in by_batch[index]]
 
 
 def completion_logprobs(model, completions: list[Completion], batch_size: int) -> list[torch.Tensor]:

@@ -113,8 +113,11 @@ def _make_reward_judge(path: str) -> Judge:
     return RewardJudge(path)
 
 
+REWARD_SCHEME = "reward"
+"""``reward:<artifact path>`` (and, in recipes, ``reward:<stage>``): a reward model judges."""
+
 SCHEMES: dict[str, tuple[Callable[[str], str | None], Callable[[str], Judge]]] = {
-    "reward": (_check_reward_spec, _make_reward_judge),
+    REWARD_SCHEME: (_check_reward_spec, _make_reward_judge),
 }
 """``scheme:rest`` judge specs handled by something other than a Python import: scheme -> (check, make)."""
 

@@ -119,12 +119,12 @@ def _data_problem(what, kind: str, seed: int) -> str | None:
 def judge_problem(spec: str, stages=()) -> str | None:
     """Why a judge cannot score: a "module:function" not importable or not a function of (prompts, completions), a
     "reward:X" where X is neither a stage of the recipe (``stages``) nor a folder."""
-    from ..evaluation.judges import SCHEMES, check_judge_spec
+    from ..evaluation.judges import REWARD_SCHEME, SCHEMES, check_judge_spec
 
     if (why := check_judge_spec(spec)) is not None:
         return why
     scheme, _, rest = spec.strip().partition(":")
-    if scheme == "reward" and rest.strip() not in stages and not Path(rest.strip()).is_dir():
+    if scheme == REWARD_SCHEME and rest.strip() not in stages and not Path(rest.strip()).is_dir():
         return f"judge '{spec}': '{rest.strip()}' is neither a stage of this recipe nor a reward artifact folder"
     if spec.strip() == "vader" or scheme in SCHEMES:
         return None

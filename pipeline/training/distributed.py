@@ -102,3 +102,13 @@ def current_distributed_type() -> str | None:
 
     kind = AcceleratorState._shared_state.get("distributed_type")
     return getattr(kind, "value", None)
+
+
+def to_process_device(model):
+    """``model`` on this process's device (its own GPU under a multi-GPU launch, else the CPU); a quantised model
+    stays where bitsandbytes put it."""
+    from accelerate import PartialState
+
+    if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
+        return model
+    return model.to(PartialState().device)

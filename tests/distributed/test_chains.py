@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from support import ACCELERATE, CHAT_ROWS, launcher, run_cli, sft_stage, write_jsonl
+from support import ACCELERATE, CHAT_ROWS, copy_artifacts, launcher, run_cli, sft_stage, write_jsonl
 
 
 @pytest.mark.slow
@@ -55,3 +55,28 @@ def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, conf
     for target in ("base", "sft", "dpo", "ppo", "grpo", "rloo"):
         evaluation = json.loads((out / f"eval-{target}" / "eval.json").read_text())
         assert evaluation["n"] == 8 and -1.0 <= evaluation["gold_mean"] <= 1.0, target
+
+
+def test_sampling_shared_by_two_processes_gives_what_one_process_gives(tmp_path, monkeypatch):
+    """The gold evaluation (eval-base, eval-sft) and the preferences stage deal their sampling batches to both
+    processes and gather them: eval.json, every sample and every preference pair equal those of one process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cuts = ["--set", "evaluate.n=24", "--set", "evaluate.sampling.batch_size=4", "--set",
+            "stages.sft.train.max_steps=4", "--set", "stages.preferences.n_prompts=10", "--set",
+            "stages.preferences.sampling.batch_size=4"]
+    only = [a for s in ("eval-base", "eval-sft", "preferences") for option in ("--only", "--force") for a in (option, s)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    sft = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(one), "--only", "sft", *cuts, timeout=600)
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    copy_artifacts(one, two, ("sft",))  # one SFT policy for both (its evaluations rerun: --force)
+    single = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(one), *only, *cuts, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    shared = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(two), *only, *cuts,
+                     launcher=launcher("cpu_2proc.yaml", 29545), timeout=600)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert "sampling shared by 2 processes" in shared.stderr
+    for node in ("eval-base", "eval-sft"):
+        assert json.loads((one / node / "eval.json").read_text()) == json.loads((two / node / "eval.json").read_text())
+        assert (one / node / "eval_samples.jsonl").read_text() == (two / node / "eval_samples.jsonl").read_text()
+    assert (one / "preferences" / "pairs.jsonl").read_text() == (two / "preferences" / "pairs.jsonl").read_text()
+    assert (one / "preferences" / "samples.jsonl").read_text() == (two / "preferences" / "samples.jsonl").read_text()

@@ -44,7 +44,7 @@ def _eval_settings(**sampling) -> EvalSettings:
 def test_metrics_by_hand(monkeypatch):
     known = [("a b", [5, 6, 2], True), ("a c", [7, 8], False), ("b", [9], True)]
 
-    def fake_generate(model, tokenizer, prompts, sampling, seed, desc="generating"):
+    def fake_generate(model, tokenizer, prompts, sampling, seed, desc="generating", **_):
         assert prompts == ["p1", "p2", "p3"] and seed == 9  # settings.n keeps the first 3 of 4 prompts
         return [Completion(p, text, [1], ids, eos) for p, (text, ids, eos) in zip(prompts, known)]
 
