@@ -42,7 +42,7 @@ def test_accelerate_reads_the_config(path: Path):
 
 
 def test_slurm_script_starts_one_accelerate_launch_per_node_joining_one_job(tmp_path):
-    """slurm.sh under stand-ins for srun, scontrol and accelerate: the launch every node runs."""
+    """slurm.sh under stand-ins for srun, scontrol and accelerate: the launch node 1 of 2 nodes x 8 GPUs runs."""
     bin_dir, work = tmp_path / "bin", tmp_path / "work"
     (work / ".venv" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
@@ -51,16 +51,16 @@ def test_slurm_script_starts_one_accelerate_launch_per_node_joining_one_job(tmp_
     stub(bin_dir / "srun", 'SLURM_NODEID=1 "$@"\n')  # what node 1 of 2 runs
     stub(work / ".venv" / "bin" / "accelerate", 'echo "$@" > launched.txt; echo "OMP=$OMP_NUM_THREADS" >> launched.txt\n')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_PER_TASK": "32"}
+           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "32"}
     env.pop("OMP_NUM_THREADS", None)
     result = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sh"), "recipes/rlhf.yaml"], cwd=work, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     args, omp = (work / "launched.txt").read_text().split("\n")[:2]
     assert args.split() == ["launch", "--config_file", "launch/multinode_zero2.yaml", "--num_machines", "2",
-                            "--num_processes", "8", "--machine_rank", "1", "--main_process_ip", "node-a",
+                            "--num_processes", "16", "--machine_rank", "1", "--main_process_ip", "node-a",
                             "--main_process_port", "29500", "-m", "pipeline", "run", "recipes/rlhf.yaml"]
-    assert omp == "OMP=8", "the node's CPUs are shared out among its processes"
+    assert omp == "OMP=4", "the node's CPUs are shared out among its 8 processes"
     usage = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sh")], cwd=work, env=env, capture_output=True,
                            text=True)
     assert usage.returncode != 0 and "usage: sbatch --nodes N launch/slurm.sh RECIPE" in usage.stderr
