@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -160,14 +161,7 @@ def trained_weights(folder: Path, model: dict) -> int:
     if not adapter.exists():
         return model["parameters"]
     with safe_open(adapter, "pt") as tensors:
-        return sum(_numel(tensors.get_slice(k).get_shape()) for k in tensors.keys())
-
-
-def _numel(shape) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+        return sum(math.prod(tensors.get_slice(k).get_shape()) for k in tensors.keys())
 
 
 def stage_figures(out: Path, stage: str, model: dict, rate: float) -> dict:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from front_door import cpu_name  # bench/ is on the path when a bench script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,8 +74,7 @@ def main() -> None:
         from pipeline.recipe import load_recipe
 
         args.runs = Path(load_recipe(args.recipe).out_dir)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_name()
     results = [run_ppo(args.recipe, args.runs.resolve(), args.steps, share, args.stage, args.set) for share in (False, True)]
     print(f"{args.recipe.name} {args.stage}, {args.steps} steps, on {cpu} ({os.cpu_count()} cores)")
     for r in results:

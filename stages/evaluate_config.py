@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pipeline.config.schema import ExistingPath, StageConfig
-from pipeline.evaluation.judges import REWARD_SCHEME
+from pipeline.evaluation.judges import reward_stage
 from pipeline.evaluation.settings import EvalSettings
 
 
@@ -38,8 +38,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
 
     def judge_stages(self, names) -> list[str]:
         """The recipe stages that "reward:STAGE" judges read (they become upstreams of the node)."""
-        specs = [self.judge, *self.judges]
-        return [stage for scheme, _, stage in (s.partition(":") for s in specs) if scheme == REWARD_SCHEME and stage in names]
+        return _judging_stages([self.judge, *self.judges], names)
 
     def input_files(self) -> list[Path]:
         return [self.prompts]
@@ -55,9 +54,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
                 problems.append((f"stages[{i}]", f"'{name}' makes a {produced[name]}, not a policy"))
         targets = [n for n in names if produced.get(n) == "policy"
                    and (section.stages is None or n in section.stages)]
-        specs = [settings.get("judge"), *(settings.get("judges") or [])]
-        judged_by = [stage for scheme, _, stage in (str(s).partition(":") for s in specs)
-                     if scheme == REWARD_SCHEME and stage in names]
+        judged_by = _judging_stages([settings.get("judge"), *(settings.get("judges") or [])], names)
         for stage in judged_by:
             if produced.get(stage, "reward_model") != "reward_model":
                 problems.append(("judges", f"'reward:{stage}': '{stage}' makes a {produced[stage]}, not a reward "
@@ -65,6 +62,11 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
         nodes = {f"{cls.node_prefix}base": {**settings, "from": judged_by}} if section.baseline else {}
         nodes.update({f"{cls.node_prefix}{name}": {**settings, "from": [name, *judged_by]} for name in targets})
         return nodes, problems
+
+
+def _judging_stages(specs, names) -> list[str]:
+    """The stages of ``names`` that "reward:STAGE" judges among ``specs`` read, in order."""
+    return [stage for stage in (reward_stage(spec, names) for spec in specs) if stage is not None]
 
 
 CONFIG = EvaluateStageConfig

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 from ..errors import PipelineError
-from .generation import all_gather_objects, completion_logprobs, generate, merge_batches, shard_batches
-from .judges import REWARD_SCHEME, make_judge
+from .generation import completion_logprobs, generate_sharded
+from .judges import REWARD_SCHEME, make_judge, reward_stage
 from .metrics import bootstrap_ci, distinct_n, repeats_itself
 from .settings import EvalSettings
 
@@ -33,7 +33,7 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
     When ``reference`` is None or is ``policy`` itself, every KL is exactly 0 and no reference pass is run.
 
     In a job of ``world`` processes every process calls it: each samples and measures the KL of its share of the
-    batches (``shard_batches``: the same batches and seeds as one process), the main process gathers them, judges and
+    batches (``generate_sharded``: the same batches and seeds as one process), the main process gathers them, judges and
     returns the result; the others return (None, None). One process or several give the same numbers.
 
     metrics: n, gold_mean, gold_ci95, gold_share_above, threshold, judge, kl_mean, kl_ci95, distinct_1, distinct_2,
@@ -48,21 +48,18 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
         judge = _judge(settings.judge, reward_paths)  # before generating: a bad judge fails fast
         panel = [_judge(spec, reward_paths) for spec in settings.judges]
     size = settings.sampling.batch_size
-    mine = shard_batches(len(prompts), size, rank, world)
-    local = generate(policy, tokenizer, prompts, settings.sampling, settings.seed, desc="eval: generating",
-                     progress=rank == 0, batches=mine)
-    if reference is None or reference is policy:
-        local_kl = [0.0] * len(local)
-    else:  # in the sampling batches: the same batches as one process, so the same numbers to the last bit
-        local_kl = []
-        for start in range(0, len(local), size):
-            chunk = local[start : start + size]
-            pairs = zip(completion_logprobs(policy, chunk, size), completion_logprobs(reference, chunk, size))
-            local_kl += [float((p - r).sum()) for p, r in pairs]
-    shards = all_gather_objects((mine, list(zip(local, local_kl))), world)
+
+    def sequence_kl(batch: list) -> list[float]:  # on the sampling batch itself: the same numbers at any world size
+        if reference is None or reference is policy:
+            return [0.0] * len(batch)
+        pairs = zip(completion_logprobs(policy, batch, size), completion_logprobs(reference, batch, size))
+        return [float((p - r).sum()) for p, r in pairs]
+
+    scored = generate_sharded(policy, tokenizer, prompts, settings.sampling, settings.seed, "eval: generating", rank,
+                              world, per_batch=sequence_kl)
     if rank != 0:
         return None, None
-    completions, kl = map(list, zip(*merge_batches(shards, size))) if prompts else ([], [])
+    completions, kl = map(list, zip(*scored))
     if len(completions) != len(prompts):
         raise RuntimeError(f"generation returned {len(completions)} completions for {len(prompts)} prompts")
     texts = [c.completion for c in completions]
@@ -101,9 +98,9 @@ def evaluate(policy, reference, tokenizer, prompts: list[str], settings: EvalSet
 
 def _judge(spec: str, reward_paths: dict[str, str] | None):
     """The judge of ``spec``; "reward:STAGE" reads that stage's artifact and keeps the stage's name."""
-    scheme, _, stage = spec.partition(":")
-    if scheme == REWARD_SCHEME and reward_paths and stage in reward_paths:
-        judge = make_judge(f"reward:{reward_paths[stage]}")
+    stage = reward_stage(spec, reward_paths or {})
+    if stage is not None:
+        judge = make_judge(f"{REWARD_SCHEME}:{reward_paths[stage]}")
         judge.name = spec
         return judge
     return make_judge(spec)

@@ -149,13 +149,21 @@ def shard_batches(count: int, batch_size: int, rank: int, world: int) -> list[in
 
 
 def generate_sharded(model, tokenizer, prompts: list[str], sampling: SamplingSettings, seed: int, desc: str,
-                     rank: int, world: int) -> list[Completion] | None:
+                     rank: int, world: int, per_batch=None) -> list | None:
     """``generate`` with the batches dealt to the ``world`` processes of a job and gathered: every process must call
-    it; the main process (rank 0) gets every completion in prompt order, the others None."""
-    mine = shard_batches(len(prompts), sampling.batch_size, rank, world)
+    it; the main process (rank 0) gets every completion in prompt order, the others None.
+
+    ``per_batch(completions) -> list`` (one value per completion) runs on the process that sampled each batch, on
+    exactly that batch (so the result does not depend on the number of processes); the main process then gets
+    (completion, value) pairs."""
+    size = sampling.batch_size
+    mine = shard_batches(len(prompts), size, rank, world)
     local = generate(model, tokenizer, prompts, sampling, seed, desc, progress=rank == 0, batches=mine)
+    if per_batch is not None:
+        local = [pair for start in range(0, len(local), size)
+                 for pair in zip(local[start : start + size], per_batch(local[start : start + size]))]
     gathered = all_gather_objects((mine, local), world)
-    return merge_batches(gathered, sampling.batch_size) if rank == 0 else None
+    return merge_batches(gathered, size) if rank == 0 else None
 
 
 def all_gather_objects(obj, num_processes: int) -> list:

@@ -116,6 +116,12 @@ def _make_reward_judge(path: str) -> Judge:
 REWARD_SCHEME = "reward"
 """``reward:<artifact path>`` (and, in recipes, ``reward:<stage>``): a reward model judges."""
 
+
+def reward_stage(spec: str, stages) -> str | None:
+    """The stage of ``stages`` that a "reward:STAGE" judge names, or None (another judge, or a folder)."""
+    scheme, _, rest = str(spec).strip().partition(":")
+    return rest.strip() if scheme == REWARD_SCHEME and rest.strip() in stages else None
+
 SCHEMES: dict[str, tuple[Callable[[str], str | None], Callable[[str], Judge]]] = {
     REWARD_SCHEME: (_check_reward_spec, _make_reward_judge),
 }

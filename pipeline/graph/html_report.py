@@ -14,7 +14,7 @@ from pathlib import Path
 from ..artifacts.artifact import LOG_HISTORY, Artifact
 from ..artifacts.outputs import EvaluationOutput
 from .plan import STORE, Plan
-from .report import report_rows, shown_folder
+from .report import report_rows, share_text, shown_folder
 
 CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_coef",
           "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length")
@@ -166,8 +166,7 @@ def render(plan: Plan, out: Path) -> Path:
             parts.append(f"<tr><td>{html.escape(r['target'])}</td><td>{html.escape(r['kind'])}</td>"
                          f"<td>{r['gold_mean']:.3f}</td><td>[{r['gold_ci95'][0]:.3f}, {r['gold_ci95'][1]:.3f}]</td>"
                          f"<td>{r['kl_mean']:.2f}</td><td>{r['distinct_1']:.3f}</td><td>{r['distinct_2']:.3f}</td>"
-                         f"<td>{'-' if r.get('repetition_share') is None else format(r['repetition_share'], '.0%')}"
-                         f"</td><td>{r['mean_length']:.1f}</td></tr>")
+                         f"<td>{share_text(r.get('repetition_share'))}</td><td>{r['mean_length']:.1f}</td></tr>")
         parts.append("</table>")
     if points:
         parts += ["<h2>Reward against KL</h2>", "<p>Every evaluated variant in the store (sweeps included): gold "

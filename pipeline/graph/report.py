@@ -35,7 +35,8 @@ def shown_folder(plan: Plan, stage) -> Path:
     return stage.folder if Artifact.read(stage.folder) is not None else plan.out_dir / stage.name
 
 
-def _share(value) -> str:
+def share_text(value) -> str:
+    """A share as a whole percentage, "-" where it was not measured (evaluations written before it existed)."""
     return "-" if value is None else f"{value:.0%}"
 
 
@@ -53,7 +54,7 @@ def format_report(rows: list[dict]) -> str:
         lines.append(
             f"{r['target']:<14}{r['kind']:<12}{r['gold_mean']:>10.3f}  [{lo:.3f}, {hi:.3f}]{'':<3}"
             f"{r['gold_share_above']:>7.2f}{r['kl_mean']:>8.3f}{r['distinct_1']:>8.3f}{r['distinct_2']:>8.3f}"
-            f"{_share(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}"
+            f"{share_text(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}"
         )
     panel = [name for name in rows[0].get("judges", {})]
     for name in panel:  # the other judges of evaluate.judges, one line each

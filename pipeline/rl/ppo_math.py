@@ -9,7 +9,7 @@ only ever follows a response's last token. Conventions follow Ziegler et al. (20
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -205,14 +205,13 @@ class PIKLController:
     kp: float
     ki: float
     integral: float = 0.0
-    value: float = 0.0
     reached: bool = False
+    value: float = field(init=False)
 
     WINDUP = 20.0
 
     def __post_init__(self):
-        if self.value == 0.0:
-            self.value = self.initial
+        self.value = self.initial
 
     def update(self, current_kl: float, n_steps: int) -> None:
         if not math.isfinite(current_kl):

@@ -37,8 +37,8 @@ from ..ppo_config import PPOStageConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import PolicyAndValue, frozen_copy, make_optimizer, policy_logits, token_logprobs
 from .rollout import Rollout, prompt_schedule
-from .trunk import decoder_stack, plan_trunk
 from .trunk import describe as describe_trunk
+from .trunk import plan_trunk
 
 log = logging.getLogger("pipeline")
 
@@ -119,8 +119,7 @@ class PPORun:
 
         trunk = plan_trunk(policy, value, self.reference, config.share_trunk)
         if ctx.is_main:
-            log.info("[%s] %s", ctx.name, describe_trunk(trunk, len(decoder_stack(policy).layers)
-                                                         if decoder_stack(policy) is not None else 0))
+            log.info("[%s] %s", ctx.name, describe_trunk(trunk))
         model = PolicyAndValue(policy, value, trunk)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(config, self.parameters)

@@ -15,13 +15,10 @@ says why.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-log = logging.getLogger("pipeline")
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -38,29 +35,23 @@ def decoder_stack(model: nn.Module):
     return backbone
 
 
-def _equal(a: nn.Module, b: nn.Module) -> bool:
-    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    if pa.keys() != pb.keys():
-        return False
-    return all(pa[k].shape == pb[k].shape and pa[k].dtype == pb[k].dtype and torch.equal(pa[k], pb[k]) for k in pa)
-
-
-def _lowest_trainable_layer(model: nn.Module, count: int) -> int:
-    """The index of the lowest decoder layer with a trainable parameter (count if none)."""
-    stack = decoder_stack(model)
-    for index, layer in enumerate(stack.layers):
-        if any(p.requires_grad for p in layer.parameters()):
-            return index
-    return count
-
-
-def _frozen_parameters_equal(a: nn.Module, b: nn.Module) -> bool:
-    """Whether two layers compute the same function with their adapters off (LoRA weights ignored)."""
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules compute the same function with their adapters off: every parameter but the LoRA ones
+    bitwise equal, of the same shape and dtype."""
     def plain(module):
         return {k: v for k, v in module.named_parameters() if "lora_" not in k}
 
     pa, pb = plain(a), plain(b)
-    return pa.keys() == pb.keys() and all(pa[k].shape == pb[k].shape and torch.equal(pa[k], pb[k]) for k in pa)
+    return pa.keys() == pb.keys() and all(
+        pa[k].shape == pb[k].shape and pa[k].dtype == pb[k].dtype and torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def _lowest_trainable_layer(stack: nn.Module) -> int:
+    """The index of the lowest decoder layer of ``stack`` with a trainable parameter (the layer count if none)."""
+    for index, layer in enumerate(stack.layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return index
+    return len(stack.layers)
 
 
 @dataclass(frozen=True)
@@ -74,6 +65,9 @@ class TrunkPlan:
     value: int
     """The value model's lowest trainable layer: below it, it stays frozen during the step."""
     reason: str = ""
+    """Why sharing is off (empty when on)."""
+    layers: int = 0
+    """Decoder layers of the policy (0 where its stack was not found)."""
 
     @property
     def on(self) -> bool:
@@ -92,27 +86,26 @@ def plan_trunk(policy: nn.Module, value: nn.Module, reference: nn.Module | None,
     if any(type(m).__name__.endswith(("4bit", "8bitLt")) for m in _inner(policy).modules()):
         return TrunkPlan(0, 0, 0, "off: quantised weights (sharing is only claimed where it is exact)")
     count = len(p_stack.layers)
-    policy_depth = _lowest_trainable_layer(policy, count)
-    value_depth = _lowest_trainable_layer(value, len(v_stack.layers))
+    policy_depth, value_depth = _lowest_trainable_layer(p_stack), _lowest_trainable_layer(v_stack)
     common = 0
-    if len(v_stack.layers) == count and _equal(p_stack.embed_tokens, v_stack.embed_tokens) and \
-            _equal(p_stack.rotary_emb, v_stack.rotary_emb):
+    if len(v_stack.layers) == count and _same_weights(p_stack.embed_tokens, v_stack.embed_tokens) and \
+            _same_weights(p_stack.rotary_emb, v_stack.rotary_emb):
         limit = min(policy_depth, value_depth)
-        while common < limit and _frozen_parameters_equal(p_stack.layers[common], v_stack.layers[common]):
+        while common < limit and _same_weights(p_stack.layers[common], v_stack.layers[common]):
             common += 1
     if policy_depth == 0 and value_depth == 0:
-        return TrunkPlan(0, 0, 0, "off: every layer trains (all-layer LoRA or full fine-tuning)")
-    return TrunkPlan(common, policy_depth, value_depth)
+        return TrunkPlan(0, 0, 0, "off: every layer trains (all-layer LoRA or full fine-tuning)", count)
+    return TrunkPlan(common, policy_depth, value_depth, layers=count)
 
 
-def describe(plan: TrunkPlan, layers: int) -> str:
+def describe(plan: TrunkPlan) -> str:
     if not plan.on:
         return f"trunk sharing {plan.reason}"
     return (f"trunk sharing on: policy, reference and value model run layers 0-{plan.common - 1} once"
             if plan.common else "trunk sharing on: the value model shares no layer with the policy") + \
         (f"; the reference shares the policy's layers up to {plan.policy - 1}" if plan.policy else "") + \
-        f"; PPO epochs rerun only layers {min(plan.policy, plan.value)}-{layers - 1} (policy from {plan.policy}, " \
-        f"value from {plan.value})"
+        f"; PPO epochs rerun only layers {min(plan.policy, plan.value)}-{plan.layers - 1} " \
+        f"(policy from {plan.policy}, value from {plan.value})"
 
 
 class Stack:

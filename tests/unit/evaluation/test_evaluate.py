@@ -7,6 +7,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate as evaluation
+from pipeline.evaluation import generation
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.generation import Completion
 from pipeline.evaluation.settings import EvalSettings
@@ -48,7 +49,7 @@ def test_metrics_by_hand(monkeypatch):
         assert prompts == ["p1", "p2", "p3"] and seed == 9  # settings.n keeps the first 3 of 4 prompts
         return [Completion(p, text, [1], ids, eos) for p, (text, ids, eos) in zip(prompts, known)]
 
-    monkeypatch.setattr(evaluation, "generate", fake_generate)
+    monkeypatch.setattr(generation, "generate", fake_generate)
     settings = EvalSettings(prompts="x", n=3, judge="support.judges:length_judge", threshold=2, seed=9, bootstrap=2000)
     metrics, samples = evaluate("policy", None, None, ["p1", "p2", "p3", "p4"], settings)
     assert metrics == {
@@ -77,7 +78,7 @@ def test_metrics_by_hand(monkeypatch):
 
 def test_repetition_share_counts_completions_that_repeat_a_content_word(monkeypatch):
     texts = ["joy and joy, pure JOY", "the the the the end", "love, love and more"]
-    monkeypatch.setattr(evaluation, "generate", lambda model, tokenizer, prompts, *a, **k: [
+    monkeypatch.setattr(generation, "generate", lambda model, tokenizer, prompts, *a, **k: [
         Completion(p, t, [1], [5], True) for p, t in zip(prompts, texts)])
     settings = EvalSettings(prompts="x", n=3, judge="support.judges:length_judge", bootstrap=10)
     metrics, samples = evaluate("policy", None, None, ["p1", "p2", "p3"], settings)
@@ -90,7 +91,7 @@ def test_repetition_share_counts_completions_that_repeat_a_content_word(monkeypa
 
 
 def test_empty_prompts_and_bad_judge_fail_before_generating(monkeypatch):
-    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: pytest.fail("generated"))
     with pytest.raises(PipelineError, match="at least one prompt"):
         evaluate(None, None, None, [], EvalSettings(prompts="x"))
     settings = EvalSettings.model_construct(**{**EvalSettings(prompts="x").model_dump(), "judge": "math:nope"})

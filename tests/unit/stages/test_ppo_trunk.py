@@ -16,10 +16,14 @@ from stages.ppo.trunk import plan_trunk
 LAYERS = 3
 
 
+def tiny_config() -> LlamaConfig:
+    return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+
+
 def models(value_differs_below: bool):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+    config = tiny_config()
     base, reward = LlamaForCausalLM(config), LlamaForSequenceClassification(config)
     reward.model.load_state_dict(base.model.state_dict())
     if value_differs_below:  # as after a reward model trained on every layer: nothing in common with the policy
@@ -91,8 +95,7 @@ def test_shared_and_cached_passes_equal_separate_passes(value_differs_below):
 
 def test_sharing_is_off_with_all_layer_adapters():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+    config = tiny_config()
     everywhere = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     policy = get_peft_model(LlamaForCausalLM(config), LoraConfig(**everywhere))
     value = get_peft_model(LlamaForSequenceClassification(config), LoraConfig(**everywhere, task_type="SEQ_CLS"))
