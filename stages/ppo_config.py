@@ -103,6 +103,10 @@ class PPOStageConfig(StageConfig):
     """Whiten the per-token rewards (KL penalty + score) of each rollout batch before GAE."""
     missing_eos_penalty: float | None = Field(None, ge=0)
     """Subtract this from the score of a response that hit max_new_tokens without ending (no EOS)."""
+    repetition_penalty: float | None = Field(None, ge=0)
+    """Reward shaping against the commonest reward gaming: subtract this from the score of a response in which one
+    content word (4+ letters) occurs 3 or more times, the test behind the evaluation's repetition share
+    (pipeline/evaluation/metrics.py). Changes what PPO optimises: say so when reporting its scores."""
     reference: Literal["auto", "copy"] = "auto"
     """auto: with LoRA the reference is the starting weights with the adapter disabled; copy: an explicit frozen copy
     (twice the weight memory)."""

@@ -27,6 +27,7 @@ from pipeline.contract import PolicyOutput, StageContext
 from pipeline.data.loading import card_prompts
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
+from pipeline.evaluation.metrics import repeats_itself
 from pipeline.models.loading import load_sequence_classifier
 from pipeline.models.reward_model import RewardModel
 from pipeline.rl import ppo_math
@@ -43,6 +44,19 @@ from .trunk import plan_trunk
 log = logging.getLogger("pipeline")
 
 SAMPLES_FILE = "samples.jsonl"
+
+
+def penalised_scores(raw: torch.Tensor, completions: list[Completion], config: PPOStageConfig) -> torch.Tensor:
+    """The reward model's scores less the configured penalties: missing_eos_penalty for a response that never
+    ended, repetition_penalty for one that repeats a content word (documented reward shaping)."""
+    scores = raw.clone()
+    if config.missing_eos_penalty is not None:
+        ended = torch.tensor([c.eos for c in completions], device=scores.device)
+        scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
+    if config.repetition_penalty is not None:
+        repeats = torch.tensor([repeats_itself(c.completion) for c in completions], device=scores.device)
+        scores = torch.where(repeats, scores - config.repetition_penalty, scores)
+    return scores
 
 
 class PPORun:
@@ -262,10 +276,7 @@ class PPORun:
 
     def _shape_scores(self, raw: torch.Tensor, completions: list[Completion]) -> torch.Tensor:
         config = self.config
-        scores = raw.clone()
-        if config.missing_eos_penalty is not None:
-            ended = torch.tensor([c.eos for c in completions], device=scores.device)
-            scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
+        scores = penalised_scores(raw, completions, config)
         if config.score_norm == "running":
             self.score_moments.update(self.accelerator.gather(scores).cpu())
             scores = scores / self.score_moments.scale
@@ -383,6 +394,7 @@ class PPORun:
             "explained_variance": self._mean(ppo_math.explained_variance(rollout["values"], targets["returns"], mask)),
             "response_length": self._mean(mask.sum(-1).mean()),
             "eos_fraction": self._mean(sum(c.eos for c in completions) / len(completions)),
+            "repetition_share": self._mean(sum(repeats_itself(c.completion) for c in completions) / len(completions)),
             "lr": self.scheduler.get_last_lr()[0],
             "step_time_s": elapsed,
             "generate_time_s": generated - started,
