@@ -17,10 +17,10 @@ from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
 CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_coef",
-          "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length")
+          "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length", "repetition_share")
 """Logged quantities drawn when a stage logged them (whatever its kind)."""
 LABEL_KEYS = (("beta", "beta"), ("kl.target", "KL target"), ("kl.coef", "KL coef"), ("loss_type", "loss"),
-              ("num_generations", "G"), ("lora.r", "r"))
+              ("repetition_penalty", "repetition penalty"), ("num_generations", "G"), ("lora.r", "r"))
 
 
 def _pyplot():
@@ -72,28 +72,44 @@ def frontier_points(out_dir: Path) -> list[dict]:
             label = f"{target}" + (f" ({', '.join(settings[:2])})" if settings else "")
         points.append({"target": target, "kind": kind, "label": label, "kl": data["kl_mean"],
                        "gold": data["gold_mean"], "ci": data["gold_ci95"], "judge": data.get("judge"),
-                       "evaluation": folder.name})
+                       "repetition": data.get("repetition_share"), "evaluation": folder.name})
     return points
 
 
 def frontier_png(points: list[dict]) -> bytes:
+    """Gold against KL, one marker shape per kind; each point filled by its repetition share (the share of
+    continuations that repeat a content word 3+ times: gaming made visible), grey where an older evaluation did not
+    measure it."""
     plt = _pyplot()
+    from matplotlib import colors
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
     kinds = sorted({p["kind"] for p in points})
     markers = "o^sDvP*X<>"
+    shares = [p["repetition"] for p in points if p.get("repetition") is not None]
+    scale = colors.Normalize(vmin=0.0, vmax=max(0.25, *shares) if shares else 0.25)
+    cmap = plt.get_cmap("plasma")
     for i, kind in enumerate(kinds):
         mine = [p for p in points if p["kind"] == kind]
         ax.errorbar([p["kl"] for p in mine], [p["gold"] for p in mine],
                     yerr=[[p["gold"] - p["ci"][0] for p in mine], [p["ci"][1] - p["gold"] for p in mine]],
-                    fmt=markers[i % len(markers)], capsize=3, label=kind, markersize=7)
+                    fmt="none", ecolor="0.55", capsize=3, zorder=1)
+        fill = [cmap(scale(p["repetition"])) if p.get("repetition") is not None else "0.8" for p in mine]
+        ax.scatter([p["kl"] for p in mine], [p["gold"] for p in mine], c=fill, marker=markers[i % len(markers)],
+                   s=60, edgecolors="black", linewidths=0.6, label=kind, zorder=2)
         for p in mine:
             ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if shares:
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=scale, cmap=cmap), ax=ax)
+        bar.set_label("repetition share (a content word 3+ times)", fontsize=8)
     judge = next((p["judge"] for p in points if p.get("judge")), "gold judge")
     ax.set_xlabel("KL to the starting policy (nats per completion)")
     ax.set_ylabel(f"gold score ({judge}), mean and 95% CI")
     ax.set_title("reward-KL frontier: every evaluated variant")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend = ax.legend(fontsize=8)
+    for handle in legend.legend_handles:  # the legend names the marker shape; the fill is the colour bar's
+        handle.set_facecolor("white")
     return _png(fig)
 
 

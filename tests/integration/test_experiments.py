@@ -60,8 +60,12 @@ def test_a_sweep_keeps_every_variant_and_shares_the_upstreams(swept):
     again = run_cli("run", str(RECIPES / "tiny.yaml"), "--output-dir", str(swept), *sets(SHORT))
     assert again.returncode == 0 and "running" not in again.stderr
 
-    kinds = [p["kind"] for p in frontier_points(swept)]
+    points = frontier_points(swept)
+    kinds = [p["kind"] for p in points]
     assert kinds.count("dpo") == 2 and {"base model", "sft", "ppo"} <= set(kinds)
+    for p in points:  # the frontier is coloured by each variant's own repetition share
+        stored = json.loads((swept / ".store" / p["evaluation"] / "eval.json").read_text())
+        assert p["repetition"] == stored["repetition_share"], p
 
 
 def test_tensorboard_gets_every_training_stage(swept):
