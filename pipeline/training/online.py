@@ -8,9 +8,12 @@ the same prompt (no value model). Their config fields are in ``online_config``.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .online_config import OnlineStageConfig
 
-SUMMARISED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
+SUMMARISED = ("reward", "reward_std", "kl", "beta", "entropy", "completions/mean_length", "completions/clipped_ratio",
               "frac_reward_zero_std", "step_time")
 """Per-step figures TRL logs that metrics.json summarises as <name>_first, <name>_last and <name>_mean."""
 
@@ -69,6 +72,53 @@ def summarise(history: list[dict]) -> dict:
     return summary
 
 
+BETA_STATE = "beta_controller.json"
+"""Written into each trainer checkpoint: the beta controller's state, so a resumed run continues with its beta."""
+
+
+def beta_controlled(trainer_class, config: OnlineStageConfig):
+    """``trainer_class`` itself when beta is fixed; else a subclass whose ``log`` feeds each logged training KL to
+    the PI controller and sets the beta the next steps use (TRL reads ``self.beta`` at every loss / reward), and
+    whose checkpoints carry the controller's state."""
+    control = config.beta_control
+    if control is None:
+        return trainer_class
+    from ..rl.ppo_math import kl_controller
+
+    class BetaControlled(trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.beta_controller = kl_controller(config.beta, control.target, "pi", kp=control.kp, ki=control.ki)
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            training = self.model.training and not any(key.startswith("eval_") for key in logs)
+            if training:
+                logs["beta"] = self.beta  # the beta the logged steps used
+            super().log(logs, start_time)  # fills in TRL's averaged metrics, kl among them
+            kl = logs.get("kl")
+            if training and isinstance(kl, (int, float)):
+                self.beta_controller.update(float(kl), 1)
+                self.beta = self.beta_controller.value
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            from ..store.atomic import write_json
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if self.args.should_save and folder.is_dir():
+                write_json(folder / BETA_STATE, self.beta_controller.state_dict())
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            state = Path(resume_from_checkpoint) / BETA_STATE
+            if state.is_file():
+                self.beta_controller.load_state_dict(json.loads(state.read_text()))
+                self.beta = self.beta_controller.value
+
+    BetaControlled.__name__ = BetaControlled.__qualname__ = f"BetaControlled{trainer_class.__name__}"
+    return BetaControlled
+
+
 def train_online(ctx, config: OnlineStageConfig, config_class, trainer_class, **method_args):
     """Run TRL's ``trainer_class`` (GRPOTrainer or RLOOTrainer) for an online stage and save the policy; returns the
     stage's result. ``method_args`` are the method's own config fields (e.g. GRPO's loss_type)."""
@@ -81,7 +131,7 @@ def train_online(ctx, config: OnlineStageConfig, config_class, trainer_class, **
     tokenizer, model = source.tokenizer(), start_policy(ctx, config)
     scorer, scorer_tokenizer = reward_model(ctx)
     trainer, metrics = train_with_trl(
-        ctx, trainer_class, config_class, train=config.train, model=model, tokenizer=tokenizer,
+        ctx, beta_controlled(trainer_class, config), config_class, train=config.train, model=model, tokenizer=tokenizer,
         train_dataset=train_data, unit="prompts",
         # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
         lora=config.lora,

@@ -5,9 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ..config.schema import ExistingPath, LoraSettings, MemoryProfile, StageConfig, TrainSettings
+from ..config.schema import ExistingPath, LoraSettings, MemoryProfile, StageConfig, Strict, TrainSettings
+
+
+class BetaControl(Strict):
+    """Adapt beta each logged step so the KL TRL logs (`kl`: the mean per-token KL estimate to the reference, k3 in
+    GRPO, k1 in RLOO) holds a target, with the PI controller of the ppo stage (pipeline/rl/ppo_math.py): beta stays
+    at its starting value until the KL first reaches the target, then log beta follows the relative error."""
+
+    target: float = Field(gt=0)
+    """Target of the logged `kl`, in nats per completion token (not per completion, as in the ppo stage)."""
+    kp: float = Field(1.0, ge=0)
+    """Proportional gain on the relative error (kl / target - 1, clipped to [-1, 1])."""
+    ki: float = Field(0.5, ge=0)
+    """Integral gain on the sum of the relative errors so far."""
 
 
 class OnlineStageConfig(StageConfig):
@@ -41,6 +54,9 @@ class OnlineStageConfig(StageConfig):
     beta: float = Field(0.05, ge=0)
     """KL coefficient to the frozen reference (the starting policy). 0 drops the reference entirely (no KL term and
     no `kl` in the logs). Set here for both kinds because TRL's defaults differ (GRPO 0, RLOO 0.05)."""
+    beta_control: BetaControl | None = None
+    """Move beta so the logged KL holds a target ({target, kp, ki}); null keeps beta fixed. beta is where it
+    starts, so it must be above 0. The beta in use is logged as `beta` at every logging step."""
     num_iterations: int = Field(1, ge=1)
     """Optimisation passes over each batch of sampled completions (mu in the GRPO paper); above 1 the clipped
     importance ratio to the sampling policy matters."""
@@ -55,6 +71,13 @@ class OnlineStageConfig(StageConfig):
     accepts: ClassVar[dict[str, bool]] = {"policy": True, "reward_model": True}
 
     ignored_settings: ClassVar[tuple[str, ...]] = ("train.eval_steps",)  # no eval set: the gold evaluation does that
+
+    @model_validator(mode="after")
+    def _controlled_beta_starts_above_zero(self):
+        if self.beta_control is not None and self.beta == 0:
+            raise ValueError("beta_control: beta is 0, which drops the reference model (no KL to control); "
+                             "set beta to the starting coefficient, e.g. 0.05")
+        return self
 
     def launch_problems(self, processes: int) -> list[tuple[str, str]]:
         train = self.train

@@ -25,6 +25,9 @@ CASES = {  # kind: (recipe, upstream stages, overrides for a short stage)
     "dpo": ("tiny.yaml", ("sft", "preferences"), ["stages.dpo.train.max_steps=6"]),
     "grpo": ("online.yaml", ("sft", "preferences", "reward"), ["stages.grpo.train.max_steps=6"]),
     "rloo": ("online.yaml", ("sft", "preferences", "reward"), ["stages.rloo.train.max_steps=6"]),
+    # the beta controller's state travels in the checkpoints: the resumed run goes on with the same beta
+    "grpo:beta_control": ("online.yaml", ("sft", "preferences", "reward"),
+                          ["stages.grpo.train.max_steps=6", "stages.grpo.beta_control={target: 0.005}"]),
 }
 
 
@@ -48,9 +51,10 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return found
 
 
-@pytest.mark.parametrize("kind", list(CASES))
-def test_kill_during_a_checkpoint_write_resumes_to_the_uninterrupted_result(kind, upstreams, tmp_path):
-    recipe, upstream, overrides = CASES[kind]
+@pytest.mark.parametrize("case", list(CASES))
+def test_kill_during_a_checkpoint_write_resumes_to_the_uninterrupted_result(case, upstreams, tmp_path):
+    recipe, upstream, overrides = CASES[case]
+    kind = case.split(":")[0]
     settings = [*overrides, f"stages.{kind}.train.save_steps=2", f"stages.{kind}.train.logging_steps=1",
                 f"stages.{kind}.train.callbacks=[support.callbacks:KillDuringSave]", "evaluate=null"]
     args = ["run", str(RECIPES / recipe), "--only", kind, *[a for s in settings for a in ("--set", s)]]

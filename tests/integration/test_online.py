@@ -193,3 +193,29 @@ def test_online_stages_need_a_reward_stage_and_prompts():
     problems = {str(p) for p in info.value.problems}
     assert "stages.grpo.from: a grpo stage needs a reward_model stage upstream" in problems
     assert any(p.startswith("stages.rloo.prompts: file not found: nowhere.yaml") for p in problems), problems
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_beta_control_follows_the_logged_kl_with_the_pi_controller(out, kind):
+    """beta_control: beta waits at its start until TRL's logged KL first reaches the target, then every logged step
+    sets the beta of the next ones by the PI rule (replayed here on the logged KL), and the beta in use is logged."""
+    from pipeline.rl.ppo_math import PIKLController
+
+    target = 0.02
+    run_plan(plan_for(out, f"stages.{kind}.beta_control={{target: {target}, kp: 1.0, ki: 0.5}}",
+                      *short(kind, steps=12), f"stages.{kind}.train.save_steps=6", only=(kind,)))
+    steps = logged(out / kind)
+    assert [row["step"] for row in steps] == list(range(1, 13))
+    replay = PIKLController(0.05, target, 1.0, 0.5)
+    for row in steps:
+        assert row["beta"] == pytest.approx(replay.value, rel=1e-9), (row["step"], steps)
+        replay.update(row["kl"], 1)
+    assert replay.reached, [row["kl"] for row in steps]
+    assert len({round(row["beta"], 9) for row in steps}) > 2, "beta moved after the warm-up"
+    metrics = json.loads((out / kind / "metrics.json").read_text())
+    assert metrics["beta_first"] == 0.05 and metrics["beta_last"] == steps[-1]["beta"]
+
+
+def test_beta_control_needs_a_starting_beta():
+    with pytest.raises(RecipeError, match="beta_control: beta is 0"):
+        load_recipe(ONLINE, ["stages.grpo.beta=0", "stages.grpo.beta_control={target: 0.1}"])
