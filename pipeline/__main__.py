@@ -250,7 +250,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .models.estimate import Layout, estimate
+    from .models.estimate import Layout, estimate, local_weights
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
     plans = _plans(args, layout.processes)
@@ -265,10 +265,11 @@ def cmd_plan(args) -> int:
         print(header)
         print("-" * len(header))
         dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
+        weights = local_weights(plan.base_model_path, recipe.model.revision)  # a hub model: its cached snapshot
         for stage in plan.stages:
             config = recipe.stages[stage.name]
             # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
-            est = estimate(plan.base_model_path, config.memory_profile(), dtype, layout, recipe.model.quantization) \
+            est = estimate(weights, config.memory_profile(), dtype, layout, recipe.model.quantization) \
                 if stage.action != "skip" else None
             params = f"{est.parameters:,}" if est else "-"
             trainable = f"{est.trainable:,}" if est else "-"

@@ -138,10 +138,11 @@ class DataCard(Strict):
     """Our column name -> the source's column name, for columns the source names differently
     (e.g. {prompt: question, chosen: better}). Unlisted columns are read under our own name."""
     preset: Literal["hh", "ultrafeedback"] | None = None
-    """Reshape a known preference layout (format: preference only). hh: Anthropic-HH transcripts
-    ("\\n\\nHuman: ... \\n\\nAssistant: ...") in chosen/rejected; ultrafeedback: UltraFeedback-binarized message
-    lists in chosen/rejected. Both become a conversational prompt (the turns before the last reply) and one-message
-    chosen/rejected replies."""
+    """Reshape a known preference layout. hh: Anthropic-HH transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") in
+    chosen/rejected; ultrafeedback: UltraFeedback-binarized message lists in chosen/rejected. Both become a
+    conversational prompt (the turns before the last reply) and one-message chosen/rejected replies (format:
+    preference); or, from the same rows, the chosen conversation (messages), the prompt and the chosen reply
+    (prompt_completion), or the prompt alone (prompt), so SFT, reward, DPO and PPO can share one dataset."""
     splits: CardSplits = CardSplits()
     """Train/eval assignment."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -159,8 +160,6 @@ class DataCard(Strict):
 
     @model_validator(mode="after")
     def _fields_and_preset(self):
-        if self.preset is not None and self.format != "preference":
-            raise ValueError(f"preset '{self.preset}' reshapes preference data; it needs format: preference")
         allowed = COLUMNS[self.format]
         unknown = [k for k in self.fields if k not in allowed]
         if unknown:
@@ -235,10 +234,9 @@ def _map_row(raw: Any, card: DataCard, origin: str, number: int) -> dict:
             raise DataError(origin, f"missing column '{source_column}'{via}; the row has: {', '.join(sorted(raw))}",
                             row=number, field=source_column)
         row[column] = raw[source_column]
-    if card.preset == "hh":
-        row = _hh_row(row, origin, number)
-    elif card.preset == "ultrafeedback":
-        row = _ultrafeedback_row(row, origin, number)
+    if card.preset is not None:
+        pair = _hh_row(row, origin, number) if card.preset == "hh" else _ultrafeedback_row(row, origin, number)
+        row = _as_format(pair, card.format)
     margin_column = card.fields.get("margin", "margin")
     if card.format == "preference" and margin_column in raw:
         # Optional: how much better chosen is than rejected, for reward training with a margin.
@@ -247,6 +245,17 @@ def _map_row(raw: Any, card: DataCard, origin: str, number: int) -> dict:
             raise DataError(origin, f"must be a number, got {margin!r}", row=number, field=margin_column)
         row["margin"] = float(margin)
     return row
+
+
+def _as_format(pair: dict, format: str) -> dict:
+    """A preset's preference row (prompt turns, one-message chosen and rejected) in the card's format."""
+    if format == "messages":
+        return {"messages": pair["prompt"] + pair["chosen"]}
+    if format == "prompt_completion":
+        return {"prompt": pair["prompt"], "completion": pair["chosen"]}
+    if format == "prompt":
+        return {"prompt": pair["prompt"]}
+    return pair
 
 
 def _hh_turns(text: Any, origin: str, number: int, field: str) -> list[dict]:

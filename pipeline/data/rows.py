@@ -145,10 +145,17 @@ def _prompt_completion_problem(row: dict) -> tuple[str, str] | None:
         if isinstance(value, str):
             if not value.strip():
                 return field, "is empty"
-        elif isinstance(value, list):  # conversational prompt/completion
+        elif isinstance(value, list) and field == "prompt":  # conversational: the turns up to the reply
             problem = _messages_problem({"messages": value + [{"role": "assistant", "content": "x"}]})
             if problem:
                 return field + problem[0].removeprefix("messages"), problem[1]
+        elif isinstance(value, list):  # the reply (TRL's conversational completion: assistant turns)
+            if not value:
+                return field, "is an empty list"
+            if problem := message_problem(value, field):
+                return problem
+            if value[0]["role"] != "assistant":
+                return f"{field}[0].role", "the completion must start with an assistant turn"
         else:
             return field, "must be a string or a list of messages"
     return None

@@ -36,13 +36,18 @@ def _has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """Each prompt as a user message through the tokenizer's chat template (generation prompt added), or the raw text
-    when the tokenizer has no chat template."""
+def render_prompts(tokenizer, prompts: list) -> list[str]:
+    """Each prompt through the tokenizer's chat template (generation prompt added): a string as a user message, a
+    list of turns (a conversation up to the user's last turn, e.g. HH-RLHF's) as it is. Without a chat template a
+    string prompt is used as raw text."""
     if not _has_chat_template(tokenizer):
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("conversational prompts (lists of turns) need a tokenizer with a chat template; set "
+                             "model.chat_template")
         return list(prompts)
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(p if isinstance(p, list) else [{"role": "user", "content": p}], tokenize=False,
+                                      add_generation_prompt=True)
         for p in prompts
     ]
 

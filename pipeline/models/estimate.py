@@ -80,6 +80,22 @@ class Layout:
                    deepspeed.get("offload_param_device", "none") == "cpu")
 
 
+def local_weights(source: str | Path, revision: str | None = None) -> Path:
+    """The folder whose weight headers size a model: ``source`` itself when it is a folder, else (a hub id) its
+    snapshot in the local hub cache at ``revision`` (any cached one when None), else ``source`` unchanged (the
+    estimate is then unknown). Never downloads."""
+    folder = Path(source)
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(str(source), "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return folder
+    return Path(config).parent if isinstance(config, str) else folder
+
+
 def weight_shapes(folder: str | Path) -> dict[str, list[int]] | None:
     """Tensor name -> shape of every weight in a model folder's safetensors files (from their headers only), or
     None when the folder has none (a hub id, or weights in another format)."""

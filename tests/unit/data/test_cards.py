@@ -3,6 +3,7 @@ presets and sources."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,12 +75,10 @@ def test_unknown_builder_and_builder_argument(tmp_path):
     assert "source.builder: builder 'movie_sft' has no argument 'max_row' (did you mean 'max_rows'?)" in text
 
 
-def test_fields_keys_and_preset_need_the_right_format(tmp_path, chat_data):
+def test_fields_keys_need_the_right_format(tmp_path, chat_data):
     text = problems_of(make_card(tmp_path, source={"path": str(chat_data)}, format="preference",
                                  fields={"chosn": "better"}))
     assert "fields: 'chosn' is not a preference column (did you mean 'chosen'?)" in text
-    text = problems_of(make_card(tmp_path, source={"path": str(chat_data)}, preset="hh"))
-    assert "preset 'hh' reshapes preference data; it needs format: preference" in text
 
 
 def test_not_yaml_and_missing_card(tmp_path):
@@ -95,7 +94,11 @@ def test_shipped_cards_load():
     assert {"tiny_chat", "movie_sft", "movie_prompts", "movie_eval_prompts"} <= names
     for path in cards:
         card = load_card(path)
-        assert card.name == path.stem and card.sha256 and card.rows
+        assert card.name == path.stem and card.rows
+        # every card pins its rows: by their sha256, or (a hub dataset, not downloadable here to hash it) by the
+        # commit it is read at; `data validate` prints the sha256 to add once the rows are downloaded
+        assert card.sha256 or (card.source.hub is not None and re.fullmatch(r"[0-9a-f]{40}", card.source.hub.revision
+                                                                             or "")), path
 
 
 def test_tiny_chat_card_validates(monkeypatch):
@@ -200,6 +203,28 @@ def test_hh_preset(tmp_path):
     write_jsonl(data, rows)
     with pytest.raises(DataError, match=r"row 1, field 'rejected': the conversation before the last reply differs"):
         materialise(card)
+
+
+HH_ROW = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Name a fruit.\n\nAssistant: An apple.",
+          "rejected": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Name a fruit.\n\nAssistant: No."}
+HH_PROMPT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "Name a fruit."}]
+
+
+@pytest.mark.parametrize("format,expected", [
+    ("messages", {"messages": HH_PROMPT + [{"role": "assistant", "content": "An apple."}]}),
+    ("prompt_completion", {"prompt": HH_PROMPT, "completion": [{"role": "assistant", "content": "An apple."}]}),
+    ("prompt", {"prompt": HH_PROMPT}),
+])
+def test_a_preset_reads_one_preference_dataset_as_any_format(tmp_path, format, expected):
+    """SFT on the chosen conversations, PPO on the prompts: the same HH rows, reshaped by the card's format."""
+    data = write_jsonl(tmp_path / "hh.jsonl", [HH_ROW])
+    card = load_card(make_card(tmp_path, source={"path": str(data)}, format=format, preset="hh"))
+    assert materialise(card) == [expected]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**HH_ROW, "rejected": "\n\nHuman: Other\n\nAssistant: No."}])
+    card = load_card(make_card(tmp_path, source={"path": str(bad)}, format=format, preset="hh"))
+    with pytest.raises(DataError, match=r"row 1, field 'rejected': the conversation before the last reply differs"):
+        materialise(card)  # the pair is checked whatever part of it the card keeps
 
 
 def test_ultrafeedback_preset(tmp_path):

@@ -50,3 +50,15 @@ def test_csv_and_unknown_suffix(tmp_path):
     other.write_text("x")
     with pytest.raises(ValueError, match="unsupported file type"):
         DataSettings(path=other)
+
+
+def test_conversational_prompt_completion_has_the_reply_as_assistant_turns():
+    """TRL's conversational prompt-completion: prompt = the turns up to the reply, completion = the assistant's
+    reply. The completion is not a conversation of its own (it does not start with a user turn)."""
+    user, reply = {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple."}
+    check_chat_rows([{"prompt": [user], "completion": [reply]}], "rows.jsonl")
+    with pytest.raises(DataError, match=r"row 1, field 'completion\[0\].role': the completion must start with an "
+                                        r"assistant turn"):
+        check_chat_rows([{"prompt": [user], "completion": [user, reply]}], "rows.jsonl")
+    with pytest.raises(DataError, match=r"row 1, field 'prompt\[0\].role': the conversation must start with a user"):
+        check_chat_rows([{"prompt": [reply], "completion": [reply]}], "rows.jsonl")
