@@ -69,6 +69,19 @@ def test_render_prompts_uses_the_chat_template(tokenizer, tiny_path):
     assert render_prompts(plain, ["Hi"]) == ["Hi"]
 
 
+def test_a_conversational_prompt_renders_its_turns(tokenizer, tiny_path):
+    """HH-RLHF prompts are conversations up to the user's last turn: rendered as they are, not as one user message."""
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Bye"}]
+    assert render_prompts(tokenizer, [turns, "Hi"]) == [
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+        "<|im_start|>assistant\n", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"]
+    plain = load_tokenizer(tiny_path)
+    plain.chat_template = None
+    with pytest.raises(ValueError, match="conversational prompts .* need a tokenizer with a chat template"):
+        render_prompts(plain, [turns])
+
+
 def test_generation_is_seeded_and_restores_state(model, tokenizer):
     sampling = SamplingSettings(max_new_tokens=8, batch_size=2)
     model.train()
