@@ -305,6 +305,20 @@ def _plans(args, processes: int) -> list:
     return plans
 
 
+def _replan(plan, args, computed: set):
+    """The plan of a later sweep variant, made again just before it runs: the stages an earlier variant stored are
+    cache hits now (a plan made at the start would run the shared upstreams once per variant), and a stage forced
+    with --force or --from runs once per invocation, not once per variant."""
+    from .graph.plan import make_plan
+
+    fresh = make_plan(plan.recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
+    fresh.variant = plan.variant
+    for stage in fresh.stages:
+        if stage.action == "run" and stage.folder in computed:
+            stage.action, stage.reason = "cached", "computed earlier in this sweep"
+    return fresh
+
+
 def cmd_run(args) -> int:
     from .graph.report import format_report, report_rows
     from .graph.runner import run_plan
@@ -313,10 +327,14 @@ def cmd_run(args) -> int:
     # the job's real process count: checks that depend on it fail here, before any long work
     plans = _plans(args, int(os.environ.get("WORLD_SIZE", "1")))
     results = []
+    computed: set = set()  # artifact folders this invocation has written
     for i, plan in enumerate(plans, start=1):
+        if i > 1:
+            plans[i - 1] = plan = _replan(plan, args, computed)
         if len(plans) > 1 and int(os.environ.get("RANK", "0")) == 0:
             logging.getLogger("pipeline").info("sweep variant %d of %d: %s", i, len(plans), plan.variant)
         results.append(run_plan(plan, keep_checkpoints=args.keep_checkpoints))
+        computed |= {s.folder for s in plan.stages if s.action == "run"}
     shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         for plan, result in zip(plans, results):

@@ -33,6 +33,7 @@ def swept(tmp_path_factory) -> Path:
     result = run_cli("run", str(RECIPES / "tiny.yaml"), "--output-dir", str(out), *sets(SHORT),
                      "--sweep", "stages.dpo.beta=0.1,0.3", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "sweep.log").write_text(result.stderr)
     return out
 
 
@@ -45,6 +46,10 @@ def test_a_sweep_keeps_every_variant_and_shares_the_upstreams(swept):
     assert len(by_stage["sft"]) == 1 and len(by_stage["reward"]) == 1 and len(by_stage["ppo"]) == 1, "shared"
     betas = sorted(v.artifact.manifest["config"]["beta"] for v in by_stage["dpo"])
     assert betas == [0.1, 0.3]
+    log = (swept.parent / "sweep.log").read_text()
+    for name in ("sft", "reward", "ppo"):  # computed once, then a cache hit for the second beta
+        assert log.count(f"[{name}] running ") == 1, f"{name} ran {log.count(f'[{name}] running ')} times"
+    assert log.count("[dpo] running ") == 2
 
     listed = run_cli("runs", str(RECIPES / "tiny.yaml"), "--output-dir", str(swept), *sets(SHORT))
     assert listed.returncode == 0, listed.stderr
