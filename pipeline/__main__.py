@@ -333,7 +333,7 @@ def cmd_run(args) -> int:
             plans[i - 1] = plan = _replan(plan, args, computed)
         if len(plans) > 1 and int(os.environ.get("RANK", "0")) == 0:
             logging.getLogger("pipeline").info("sweep variant %d of %d: %s", i, len(plans), plan.variant)
-        results.append(run_plan(plan, keep_checkpoints=args.keep_checkpoints))
+        results.append(run_plan(plan, keep_checkpoints=args.keep_checkpoints, siblings=plans))
         computed |= {s.folder for s in plan.stages if s.action == "run"}
     shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:

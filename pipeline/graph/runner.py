@@ -32,11 +32,12 @@ from .provenance import git_commit, host, package_versions
 log = logging.getLogger("pipeline")
 
 
-def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
+def run_plan(plan: Plan, keep_checkpoints: bool = False, siblings: list[Plan] = ()) -> dict[str, dict]:
     """Run every stage the plan marks "run"; returns each stage's metrics (cached ones read from disk).
 
     The main process holds the output folder's lock for the whole run (a second run into it refuses at once) and
-    clears what dead runs left behind before anything else."""
+    clears what dead runs left behind before anything else; the checkpoints of the ``siblings`` (the other variants
+    of a sweep) are kept, so a sweep killed in any variant resumes it."""
     from ..training.distributed import announce_deepspeed_build, distributed_state, forget_deepspeed_config
 
     state = distributed_state()
@@ -46,7 +47,7 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False) -> dict[str, dict]:
     try:
         if state.is_main_process:
             announce_deepspeed_build(log)
-            clear_leftovers(plan)
+            clear_leftovers(plan, siblings)
             repoint_moved_adapters(plan)
         state.wait_for_everyone()
         results: dict[str, dict] = {}
@@ -96,9 +97,10 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def clear_leftovers(plan: Plan) -> None:
+def clear_leftovers(plan: Plan, siblings: list[Plan] = ()) -> None:
     """Remove what killed runs left in the output folder: half-written artifact folders (.tmp-*, .old-*) and work
-    folders (checkpoints) of stages and configs the plan no longer has. Runs under the folder's lock."""
+    folders (checkpoints) of stages and configs neither the plan nor its siblings have. Runs under the folder's
+    lock."""
     out = plan.out_dir
     if not out.is_dir():
         return
@@ -106,7 +108,7 @@ def clear_leftovers(plan: Plan) -> None:
     for leftover in [*out.glob(".tmp-*"), *out.glob(".old-*"), *store.glob(".tmp-*"), *store.glob(".old-*")]:
         log.info("removing %s, left by a run that did not finish", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
-    current = {work_dir(plan, stage).name for stage in plan.stages}
+    current = {work_dir(p, stage).name for p in [plan, *siblings] for stage in p.stages}
     work = out / ".work"
     for folder in work.glob("*") if work.is_dir() else []:
         if folder.name not in current:

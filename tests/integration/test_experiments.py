@@ -73,6 +73,20 @@ def test_a_sweep_keeps_every_variant_and_shares_the_upstreams(swept):
         assert p["repetition"] == stored["repetition_share"], p
 
 
+def test_a_sweep_keeps_the_checkpoints_of_its_other_variants(swept, tmp_path):
+    # a sweep killed during its second variant: the first variant's run must not clear the second's checkpoints
+    out = tmp_path / "copy"
+    shutil.copytree(swept, out, symlinks=True)
+    second = make_plan(load_recipe(RECIPES / "tiny.yaml", [f"output_dir={out}", *SHORT, "stages.dpo.beta=0.2"]))
+    checkpoint = out / ".work" / f"dpo-{second['dpo'].fingerprint[:12]}" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "marker").write_text("a checkpoint of the killed variant")
+    result = run_cli("run", str(RECIPES / "tiny.yaml"), "--output-dir", str(out), *sets(SHORT), "--only", "sft",
+                     "--sweep", "stages.dpo.beta=0.1,0.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (checkpoint / "marker").is_file(), "the beta-0.2 variant's checkpoint was removed"
+
+
 def test_tensorboard_gets_every_training_stage(swept):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
