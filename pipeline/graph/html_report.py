@@ -76,6 +76,27 @@ def frontier_points(out_dir: Path) -> list[dict]:
     return points
 
 
+
+def _label_offsets(points: list[dict], width: float = 380.0, height: float = 270.0) -> list[float]:
+    """Vertical offsets (points) for the labels of the frontier's points, so that labels of close variants (two DPO
+    betas a hair apart) are stacked instead of printed over each other. Works in the axes' rough size in points."""
+    kls, golds = [p["kl"] for p in points], [p["gold"] for p in points]
+    x_span, y_span = (max(kls) - min(kls)) or 1.0, (max(golds) - min(golds)) or 1.0
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for p in points:
+        x = (p["kl"] - min(kls)) / x_span * width + 5
+        y = (p["gold"] - min(golds)) / y_span * height
+        box_width = 3.6 * len(p["label"])
+        for offset in (4, -10, 16, -22, 28, -34, 40, -46):
+            box = (x, x + box_width, y + offset, y + offset + 8)
+            if not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in placed):
+                break
+        placed.append(box)
+        offsets.append(offset)
+    return offsets
+
+
 def frontier_png(points: list[dict]) -> bytes:
     """Gold against KL, one marker shape per kind; each point filled by its repetition share (the share of
     continuations that repeat a content word 3+ times: gaming made visible), grey where an older evaluation did not
@@ -97,8 +118,8 @@ def frontier_png(points: list[dict]) -> bytes:
         fill = [cmap(scale(p["repetition"])) if p.get("repetition") is not None else "0.8" for p in mine]
         ax.scatter([p["kl"] for p in mine], [p["gold"] for p in mine], c=fill, marker=markers[i % len(markers)],
                    s=60, edgecolors="black", linewidths=0.6, label=kind, zorder=2)
-        for p in mine:
-            ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for p, offset in zip(points, _label_offsets(points)):
+        ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(5, offset), fontsize=7)
     if shares:
         bar = fig.colorbar(plt.cm.ScalarMappable(norm=scale, cmap=cmap), ax=ax)
         bar.set_label("repetition share (a content word 3+ times)", fontsize=8)

@@ -32,3 +32,13 @@ def test_points_are_filled_by_repetition_share_and_a_colour_bar_is_drawn():
 def test_points_of_older_evaluations_without_the_share_still_draw():
     png = frontier_png([point("base model", 0.0, 0.1, None), point("dpo", 4.0, 0.6, 0.02)])
     assert pixels(png).width > 100
+
+
+def test_labels_of_close_variants_are_stacked_not_overprinted():
+    from pipeline.graph.html_report import _label_offsets
+
+    close = [point("dpo (beta 0.05)", 0.366, 0.225, 0.0), point("dpo (beta 0.1)", 0.354, 0.225, 0.0),
+             point("ppo", 9.6, 0.83, 0.08), point("base", 0.0, 0.14, 0.02)]
+    offsets = _label_offsets(close)
+    assert offsets[0] != offsets[1], "the two DPO labels would print over each other"
+    assert offsets[2] == offsets[3] == 4, "labels with room keep the usual place"
