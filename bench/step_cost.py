@@ -124,9 +124,9 @@ def main() -> int:
             sampling_s = sum(r["generate_time_s"] for r in logged) / len(logged)
             prompt = prompt_length(config, runs / config.from_[0])
             response = config.sampling.max_new_tokens
-            kwargs = dict(batch=config.rollout_batch_size, prompt=prompt, response=response, lora_rank=rank,
-                          policy_layers=policy_layers, value_layers=value_layers, reward_layers=reward_layers,
-                          epochs=config.ppo_epochs)
+            kwargs = {"batch": config.rollout_batch_size, "prompt": prompt, "response": response, "lora_rank": rank,
+                      "policy_layers": policy_layers, "value_layers": value_layers, "reward_layers": reward_layers,
+                      "epochs": config.ppo_epochs}
             cost = flops.ppo_step(shape, share_trunk=config.share_trunk, **kwargs)
             unshared = flops.ppo_step(shape, share_trunk=False, **kwargs)
             tokens = config.rollout_batch_size * (prompt + response)

@@ -61,8 +61,8 @@ def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     precomputed = dpo_step(shape, 1000, 60, 16, 8, reference_precomputed=True)
     assert with_reference["reference forward"] == stack_forward(shape, 30, 1000, 60) + head(shape, 1000)
     assert "reference forward" not in precomputed
-    kwargs = dict(batch=32, prompt=44, response=32, lora_rank=16, policy_layers=8, value_layers=8, reward_layers=16,
-                  epochs=2)
+    kwargs = {"batch": 32, "prompt": 44, "response": 32, "lora_rank": 16, "policy_layers": 8, "value_layers": 8,
+              "reward_layers": 16, "epochs": 2}
     shared, unshared = ppo_step(shape, share_trunk=True, **kwargs), ppo_step(shape, share_trunk=False, **kwargs)
     layer = stack_forward(shape, 1, 32 * 76, 76)
     # scoring: 62 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both)
