@@ -20,39 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 from pathlib import Path
 
 from front_door import cpu_name  # bench/ is on the path when a bench script runs
+from stage_matrix import matmul_flops
+
+from pipeline.artifacts.artifact import LOG_HISTORY
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
-def matmul_rate(dtype, n: int = 2048, trials: int = 5, seconds: float = 0.6) -> float:
-    """The best of several timed runs of an n^3 matmul: the rate a clean run of this CPU reaches (the mean of one
-    window varied by a third from run to run on a shared machine)."""
-    import torch
-
-    a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            reps += 1
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start))
-    return best
+def matmul_rate(dtype: str, threads: int, trials: int = 5) -> float:
+    """The best of several runs of stage_matrix.py's 2048^3 matmul probe: the rate a clean run of this CPU reaches
+    (one run's figure varied by a third from run to run on a shared machine)."""
+    return max(matmul_flops(dtype, threads, processes=1, seconds=0.6) for _ in range(trials))
 
 
 def history(folder: Path) -> list[dict]:
-    live = folder / "log_history.jsonl"
-    if live.is_file():
-        return [json.loads(line) for line in live.read_text().splitlines() if line.strip()]
-    return json.loads((folder / "log_history.json").read_text())
+    return json.loads((folder / LOG_HISTORY).read_text())
 
 
 def trainer_step(folder: Path) -> tuple[float, float, int]:
@@ -105,8 +90,9 @@ def main() -> int:
     plan = make_plan(recipe, args.runs)
     runs = plan.out_dir
     shape = flops.Shape.of(AutoConfig.from_pretrained(plan.base_model_path))
-    rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
-    print(f"CPU: {cpu_name()}; {torch.get_num_threads()} threads; matmul 2048^3: fp32 {rates['fp32'] / 1e9:.1f} "
+    threads = torch.get_num_threads()
+    rates = {"fp32": matmul_rate("float32", threads), "bf16": matmul_rate("bfloat16", threads)}
+    print(f"CPU: {cpu_name()}; {threads} threads; matmul 2048^3: fp32 {rates['fp32'] / 1e9:.1f} "
           f"GFLOP/s, bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s")
     print(f"model: {shape}\nartifacts: {runs}\n")
     rows = []

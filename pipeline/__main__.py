@@ -288,7 +288,6 @@ HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_
 
 def _plans(args, processes: int) -> list:
     """One plan per variant of the sweep (one plan without a sweep), each validated and checked before any work."""
-    from .graph.plan import make_plan
     from .graph.preflight import check_before_running
     from .graph.sweep import combinations, parse_sweeps
     from .recipe import load_recipe
@@ -299,20 +298,24 @@ def _plans(args, processes: int) -> list:
     for point in combinations(axes):
         recipe = load_recipe(args.recipe, [*args.overrides, *point], processes) if point else base
         check_before_running(recipe, args.recipe, args.output_dir)
-        plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
-        plan.variant = " ".join(point)
-        plans.append(plan)
+        plans.append(_plan_variant(recipe, args, " ".join(point)))
     return plans
+
+
+def _plan_variant(recipe, args, variant: str):
+    """The plan of one sweep point (variant "" outside a sweep) under the command's selection flags."""
+    from .graph.plan import make_plan
+
+    plan = make_plan(recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
+    plan.variant = variant
+    return plan
 
 
 def _replan(plan, args, computed: set):
     """The plan of a later sweep variant, made again just before it runs: the stages an earlier variant stored are
     cache hits now (a plan made at the start would run the shared upstreams once per variant), and a stage forced
     with --force or --from runs once per invocation, not once per variant."""
-    from .graph.plan import make_plan
-
-    fresh = make_plan(plan.recipe, args.output_dir, args.only, args.from_stage, args.force, args.verify)
-    fresh.variant = plan.variant
+    fresh = _plan_variant(plan.recipe, args, plan.variant)
     for stage in fresh.stages:
         if stage.action == "run" and stage.folder in computed:
             stage.action, stage.reason = "cached", "computed earlier in this sweep"

@@ -76,7 +76,6 @@ def frontier_points(out_dir: Path) -> list[dict]:
     return points
 
 
-
 def _label_offsets(points: list[dict], width: float = 380.0, height: float = 270.0) -> list[float]:
     """Vertical offsets (points) for the labels of the frontier's points, so that labels of close variants (two DPO
     betas a hair apart) are stacked instead of printed over each other. Works in the axes' rough size in points."""
