@@ -37,16 +37,24 @@ class KLSettings(Strict):
     [-1, 1]) of this step."""
     ki: float = Field(0.5, ge=0)
     """pi controller: integral gain; log coef moves by ki x the sum of the relative errors so far."""
+    guard: float | None = Field(None, gt=1)
+    """With a target: stop a PPO step's remaining updates (minibatches and epochs) once the policy's KL to the
+    reference, predicted on the step's rollout by importance weighting, exceeds guard x target and is still rising.
+    A controller acts on the KL the next rollout measures, after the policy has moved; the guard acts inside the
+    step, before the update that would carry the KL past the band (the policy's sudden jumps toward what the reward
+    model likes are faster than any controller of the coefficient). None: every update runs."""
 
     @model_validator(mode="after")
     def _controller_settings_used(self):
         unused = {"proportional": ("kp", "ki"), "pi": ("horizon",)}[self.controller]
         if self.target is None:
-            unused = ("controller", "horizon", "kp", "ki")
+            unused = ("controller", "horizon", "kp", "ki", "guard")
         for key in unused:
             if key in self.model_fields_set:
-                why = "no target is set (coef stays fixed)" if self.target is None else \
-                    f"the {self.controller} controller does not use it"
+                why = f"the {self.controller} controller does not use it"
+                if self.target is None:
+                    why = "it is a multiple of kl.target, and no target is set" if key == "guard" else \
+                        "no target is set (coef stays fixed)"
                 raise ValueError(f"{key}: {why}")
         return self
 

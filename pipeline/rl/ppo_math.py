@@ -74,6 +74,18 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: 
     return rewards
 
 
+def kl_drift(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
+             ) -> torch.Tensor:
+    """Per response, how far its KL to the reference has moved since the rollout, estimated from the rollout's own
+    tokens by importance weighting: sum_t [ratio_t x (log p_t - log q_t) - (log p_old_t - log q_t)], with
+    ratio_t = p_t / p_old_t (the per-token weighting of PPO's surrogate, first-order in the change of the policy).
+    Exactly 0 while the policy has not moved."""
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    now = ratio * (logprobs - ref_logprobs)
+    return ((now - (old_logprobs - ref_logprobs)) * mask).sum(-1)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over each response; returns (advantages, returns).

@@ -6,7 +6,8 @@ One PPO step:
    disabled), the value model's per-token values, and the reward model's score of each whole response (the value
    model's weights with its adapter disabled);
 3. per-token rewards = -kl_coef x KL estimate, plus the (normalised) score on the last token; GAE advantages;
-4. ppo_epochs passes over the rollout in shuffled minibatches: clipped policy loss + vf_coef x clipped value loss;
+4. ppo_epochs passes over the rollout in shuffled minibatches: clipped policy loss + vf_coef x clipped value loss
+   (with kl.guard, the step's remaining updates are dropped once the KL they predict leaves the band);
 5. the adaptive KL controller (if any) moves kl_coef toward the target KL; metrics are logged; every save_steps a
    resumable checkpoint is written.
 The arithmetic lives in pipeline/rl/ppo_math.py, where it is tested against hand-computed values.
@@ -298,16 +299,38 @@ class PPORun:
         advantages = ppo_math.masked_whiten(advantages, mask)
         return {"advantages": advantages, "returns": returns, "penalty": penalty}
 
-    def _train_on(self, rollout: dict, targets: dict) -> dict:
-        """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean of each training statistic."""
+    def _guard_stops(self, micro: int, rollout_kl: float, logprobs: torch.Tensor, index: torch.Tensor,
+                     rollout: dict, mask: torch.Tensor) -> tuple[bool, float]:
+        """Whether kl.guard stops the step's updates before this micro-batch, and the KL it predicts. Checked only
+        where an optimizer step begins (so no half-accumulated gradient is dropped) and never before the step's
+        first update, which has nothing to predict; the prediction is the same on every process."""
+        kl = self.config.kl
+        ga = self.config.train.gradient_accumulation_steps
+        if kl.guard is None or micro == 0 or micro % ga:
+            return False, float("nan")
+        drift = ppo_math.kl_drift(logprobs.detach(), rollout["logprobs"][index, : logprobs.shape[1]],
+                                  rollout["ref_logprobs"][index, : logprobs.shape[1]], mask)
+        drift = self._mean(drift.mean())
+        predicted = rollout_kl + drift
+        # only a rising KL is stopped: above the band, the updates that bring it down must still run
+        return drift > 0 and predicted > kl.guard * kl.target, predicted
+
+    def _train_on(self, rollout: dict, targets: dict, rollout_kl: float) -> dict:
+        """ppo_epochs passes over the rollout in shuffled minibatches (fewer where kl.guard stops the step); returns
+        the mean of each training statistic, the number of optimizer updates taken and the last KL the guard
+        predicted."""
         config = self.config
         batch: Rollout = rollout["batch"]
         rows = batch.input_ids.shape[0]
         generator = torch.Generator().manual_seed(self.ctx.seed + 31 * self.step + self.rank)
         totals: dict[str, float] = {}
         count = 0
+        predicted = float("nan")
+        stopped = False
         self.model.train()
         for _ in range(config.ppo_epochs):
+            if stopped:
+                break
             order = torch.randperm(rows, generator=generator)
             for start in range(0, rows, config.train.batch_size):
                 index = order[start : start + config.train.batch_size].to(batch.input_ids.device)
@@ -321,6 +344,13 @@ class PPORun:
                 with self.accelerator.accumulate(self.model):
                     logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width, cached)
                     logprobs = token_logprobs(logits, part.response_ids, config.sampling.temperature)
+                    stopped, guess = self._guard_stops(count, rollout_kl, logprobs, index, rollout, mask)
+                    predicted = guess if not math.isnan(guess) else predicted
+                    if stopped:
+                        # accumulate() counted this micro-batch on entry: uncount it, so that the next step's
+                        # accumulation cycles start in phase
+                        self.accelerator.step -= 1
+                        break
                     pg_loss, pg_stats = ppo_math.policy_loss(
                         logprobs, rollout["logprobs"][index, :width], targets["advantages"][index, :width], mask,
                         config.cliprange)
@@ -348,7 +378,11 @@ class PPORun:
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
-        return {key: value / count for key, value in totals.items()}
+        ga = config.train.gradient_accumulation_steps
+        stats = {**{key: value / count for key, value in totals.items()}, "updates": count // ga}
+        if config.kl.guard is not None:
+            stats["kl_predicted"] = predicted
+        return stats
 
     def _diverged(self, what: str) -> TrainingDiverged:
         return TrainingDiverged(f"stage '{self.ctx.name}': training diverged at PPO step {self.step + 1}: {what}. "
@@ -376,8 +410,8 @@ class PPORun:
         kl_sum = ((rollout["logprobs"] - rollout["ref_logprobs"]) * mask).sum(-1)
         penalty_sum = targets["penalty"].sum(-1)
         kl_coef = self.kl_controller.value
-        train_stats = self._train_on(rollout, targets)
         mean_kl = self._mean(kl_sum.mean())
+        train_stats = self._train_on(rollout, targets, mean_kl)
         self.kl_controller.update(mean_kl, config.rollout_batch_size * self.world)
         self.step += 1
         tokens = mask.sum()

@@ -184,3 +184,22 @@ def test_pi_kl_controller_cannot_wind_up_without_bound():
     assert controller.value == pytest.approx(0.1 * math.exp(1.0 + 0.5 * pm.PIKLController.WINDUP))
     assert isinstance(pm.kl_controller(0.1, None, "pi"), pm.FixedKLController)
     assert isinstance(pm.kl_controller(0.1, 2.0), pm.AdaptiveKLController)
+
+
+def test_kl_drift_by_hand_and_zero_while_the_policy_has_not_moved():
+    old, ref, mask = T([[-1.0, -2.0, -3.0]]), T([[-1.5, -1.0, -0.5]]), T([[1, 1, 0]])
+    assert torch.equal(pm.kl_drift(old.clone(), old, ref, mask), torch.zeros(1))
+    new = T([[-0.5, -2.5, 9.0]])  # the padded third token must not count
+    # ratios e^0.5 and e^-0.5; now-terms e^0.5 x 1.0 and e^-0.5 x -1.5; rollout terms 0.5 and -1.0
+    close(pm.kl_drift(new, old, ref, mask), [math.exp(0.5) * 1.0 + math.exp(-0.5) * -1.5 - (0.5 - 1.0)])
+
+
+def test_kl_drift_is_the_exact_change_of_kl_for_one_token_responses():
+    """Averaged over the old policy's distribution, the importance-weighted drift of a one-token response is exactly
+    KL(new || ref) - KL(old || ref): what the guard predicts is the KL the next rollout will measure."""
+    old = torch.log_softmax(T([0.3, -1.0, 2.0, 0.5]), -1)
+    new = torch.log_softmax(T([1.3, -1.5, 2.2, 0.0]), -1)
+    ref = torch.log_softmax(T([0.0, 0.0, 1.0, 1.0]), -1)
+    drift = pm.kl_drift(new[:, None], old[:, None], ref[:, None], torch.ones(4, 1))
+    expected = (new.exp() * (new - ref)).sum() - (old.exp() * (old - ref)).sum()
+    close((old.exp() * drift).sum(), expected)
