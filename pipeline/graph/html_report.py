@@ -16,8 +16,9 @@ from ..artifacts.outputs import EvaluationOutput
 from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
-CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_coef",
-          "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length", "repetition_share")
+CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
+          "kl_coef", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length",
+          "repetition_share")
 """Logged quantities drawn when a stage logged them (whatever its kind)."""
 LABEL_KEYS = (("beta", "beta"), ("kl.target", "KL target"), ("kl.coef", "KL coef"), ("loss_type", "loss"),
               ("repetition_penalty", "repetition penalty"), ("num_generations", "G"), ("lora.r", "r"))
