@@ -1,25 +1,40 @@
 """The step-cost model: the matmul FLOPs each model pass of a stage's step asks for, by part, from the model's shape.
 
-Counted the way ``torch.utils.flop_counter.FlopCounterMode`` counts them (tests/unit/test_flops.py checks it on a
-tiny Llama, forward and backward, with and without layer-selective LoRA): 2 FLOPs per multiply-add of every matmul;
+Counted the way ``torch.utils.flop_counter.FlopCounterMode`` counts them (tests/unit/models/test_flops.py checks it
+exactly on a tiny Llama, forward and backward: full fine-tuning, LoRA on every linear layer of the top layers, LoRA on
+some projections only, LoRA on layers that are not the top ones): 2 FLOPs per multiply-add of every matmul;
 attention scores and values over the full key length (a causal mask saves nothing in a plain matmul); norms,
-activations, rotary embeddings and softmax left out (a few per cent on these shapes). The backward pass is what
-autograd runs for LoRA on every linear layer ("all-linear") of some layers: nothing below the lowest trained layer;
-in that layer no gradient to its input through q, k and v; above it the gradient
-of every activation (as many FLOPs as the forward matmuls) and the LoRA weight gradients, never a gradient of a
-frozen weight.
+activations, rotary embeddings and softmax left out (a few per cent on these shapes).
 
-bench/step_cost.py puts these beside measured step times; bench/gpu_bench.py uses them for MFU.
+The backward pass is what autograd runs, and autograd computes a gradient only where something trained lies behind
+it:
+- full fine-tuning (every weight trained): each linear layer's dX and dW (4 x in x out a token), attention's four
+  products, the LM head's dX and dW; the lowest layer too needs dX through q, k and v, because the embeddings are
+  trained;
+- LoRA (peft's ``r``, ``target_modules``, ``layers_to_transform``): nothing below the lowest adapted layer. In that
+  layer the input needs no gradient, so no dX through q, k and v (they read it), and only what lies behind an
+  adapter gets one: with q and v adapted, attention computes dQ, dV and the probabilities' gradient but no dK; with
+  only MLP projections adapted, no attention gradient at all. Above it the gradient of every activation, adapted
+  layer or not (as many FLOPs as the forward matmuls), and the LoRA weight gradients, never a gradient of a frozen
+  weight.
+The score head's backward (one output: 2 x hidden FLOPs a position for dX, as many for dW) is left out everywhere.
+
+bench/step_cost.py puts these beside measured step times; bench/stage_matrix.py and bench/gpu_bench.py use them for
+MFU.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The linear layers of one decoder layer, by peft's module names ("all-linear" adapts all of them)."""
 
 INPUT_SIDE = ("q_proj", "k_proj", "v_proj")
 """Projections that read the layer's input: in the lowest trained layer nothing needs their dX (the MLP's input
-does need one: it holds the attention output, which has a LoRA)."""
+needs one as soon as anything in attention is trained: it holds the attention output)."""
 
 
 @dataclass(frozen=True)
@@ -56,28 +71,100 @@ class Shape:
         return sum(i * o for i, o in self.projections().values())
 
 
-def layer_forward(shape: Shape, tokens: float, keys: float, lora_rank: int = 0) -> float:
-    """One decoder layer on ``tokens`` tokens, each attending over ``keys`` keys, with a LoRA of ``lora_rank`` on
-    every linear layer (0: none)."""
-    lora = 2 * lora_rank * sum(i + o for i, o in shape.projections().values())
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter of rank ``rank`` on the projections ``targets`` of the decoder layers ``layers`` (0-based):
+    what peft's ``r``, ``target_modules`` and ``layers_to_transform`` say. Where a stage has none (``None``), it
+    trains every weight."""
+
+    rank: int
+    layers: tuple[int, ...]
+    targets: tuple[str, ...] = PROJECTIONS
+
+    @classmethod
+    def top(cls, shape: Shape, layers: int, rank: int, targets: Iterable[str] = PROJECTIONS) -> Lora:
+        """On the top ``layers`` layers: the usual layer-selective LoRA, since backpropagation stops at the lowest."""
+        return cls(rank, tuple(range(shape.layers - layers, shape.layers)), tuple(targets))
+
+    @classmethod
+    def of(cls, shape: Shape, settings) -> Lora | None:
+        """From a recipe's ``lora`` settings (a LoraSettings or its dict: r, target_modules, layers, with its defaults;
+        negative layers count from the end); None (full fine-tuning) stays None. Targets outside the decoder layers'
+        projections, and layers the model does not have, are refused: the count would leave them out without a
+        word."""
+        if settings is None:
+            return None
+        from pipeline.config.schema import LoraSettings
+
+        if isinstance(settings, Mapping):
+            settings = LoraSettings.model_validate(dict(settings))
+        targets = PROJECTIONS if settings.target_modules == "all-linear" else tuple(settings.target_modules)
+        unknown = sorted(set(targets) - set(PROJECTIONS))
+        if unknown:
+            raise ValueError(f"LoRA targets {unknown}: the FLOP model knows the projections {', '.join(PROJECTIONS)}")
+        if settings.layers is None:
+            return cls(settings.r, tuple(range(shape.layers)), targets)
+        if not all(-shape.layers <= i < shape.layers for i in settings.layers):
+            raise ValueError(f"LoRA layers {settings.layers}: the model has {shape.layers} layers")
+        return cls(settings.r, tuple(sorted({i % shape.layers for i in settings.layers})), targets)
+
+    @property
+    def lowest(self) -> int:
+        """The lowest adapted layer, where backpropagation stops."""
+        return min(self.layers)
+
+    def at(self, index: int) -> tuple[int, tuple[str, ...]]:
+        """(rank, targets) of layer ``index``: (0, ()) where it has no adapter."""
+        return (self.rank, self.targets) if index in self.layers else (0, ())
+
+
+def layer_forward(shape: Shape, tokens: float, keys: float, lora_rank: int = 0,
+                  targets: Iterable[str] = PROJECTIONS) -> float:
+    """One decoder layer on ``tokens`` tokens, each attending over ``keys`` keys, with a LoRA of ``lora_rank`` on its
+    ``targets`` projections (0: none)."""
+    targets = set(targets)
+    lora = 2 * lora_rank * sum(i + o for name, (i, o) in shape.projections().items() if name in targets)
     return tokens * (2 * shape.layer_weights + 4 * shape.heads * shape.head_dim * keys + lora)
 
 
-def layer_backward(shape: Shape, tokens: float, keys: float, lora_rank: int, lowest: bool) -> float:
-    """Backward of one layer with a LoRA of ``lora_rank`` on every linear layer; ``lowest``: the lowest layer with
-    gradients (its input needs none)."""
-    total = 8 * shape.heads * shape.head_dim * keys  # dQ, dK from the scores; dV and the scores' gradient
+def gradients(input_grad: bool, trained: Collection[str]) -> dict[str, bool]:
+    """Which tensors of one decoder layer autograd computes a gradient for: the input of each projection (by its
+    name), the queries, keys and values ("q", "k", "v") and the attention probabilities ("probs"). A tensor gets one
+    when something trained lies behind it: the layer's input (``input_grad``) or a ``trained`` projection."""
+    q, k, v = (input_grad or name in trained for name in INPUT_SIDE)
+    probs = q or k
+    attention = probs or v  # the attention output, o_proj's input
+    mlp = input_grad or attention or "o_proj" in trained  # the residual stream after attention: gate's and up's input
+    return {"q": q, "k": k, "v": v, "probs": probs, **dict.fromkeys(INPUT_SIDE, input_grad), "o_proj": attention,
+            "gate_proj": mlp, "up_proj": mlp, "down_proj": mlp or "gate_proj" in trained or "up_proj" in trained}
+
+
+def layer_backward(shape: Shape, tokens: float, keys: float, lora_rank: int, lowest: bool,
+                   targets: Iterable[str] = PROJECTIONS, full: bool = False) -> float:
+    """Backward of one decoder layer with a LoRA of ``lora_rank`` on its ``targets`` projections or, with ``full``,
+    every weight trained; ``lowest``: the lowest layer with gradients (its input needs none). ``targets`` say what the
+    layer trains, so a layer without an adapter has none (a rank of 0 on targets still counts their outputs'
+    gradients, as this function always did)."""
+    targets = set(targets)
+    needs = gradients(not lowest, set(PROJECTIONS) if full else targets)
+    # dQ and dK from the scores' gradient; the probabilities' gradient and dV from the product with the values
+    total = 2 * shape.heads * shape.head_dim * keys * (needs["q"] + needs["k"] + needs["probs"] + needs["v"])
     for name, (i, o) in shape.projections().items():
-        to_input = not (lowest and name in INPUT_SIDE)
-        total += 2 * i * o * to_input  # the frozen weight: dX only
-        if lora_rank:  # dB, the gradient at the rank-r activations, dA, and dX through A
-            total += 2 * lora_rank * (o + o + i + i * to_input)
+        total += 2 * i * o * (needs[name] + full)  # dX through the weight where its input needs one; dW if trained
+        if lora_rank and name in targets:  # dB, the gradient at the rank-r activations, dA, and dX through A
+            total += 2 * lora_rank * (o + o + i + i * needs[name])
     return tokens * total
 
 
 def head(shape: Shape, positions: float) -> float:
     """The LM head (hidden -> vocab) on ``positions`` positions; its backward (dX) costs the same."""
     return 2 * shape.hidden * shape.vocab * positions
+
+
+def head_backward(shape: Shape, positions: float, trained: bool = False) -> float:
+    """The LM head's backward: dX, and with ``trained`` (full fine-tuning: the head, or the embedding tied to it, is
+    trained) dW as well."""
+    return head(shape, positions) * (1 + trained)
 
 
 def score_head(shape: Shape, positions: float) -> float:
@@ -87,43 +174,123 @@ def score_head(shape: Shape, positions: float) -> float:
 
 def stack_forward(shape: Shape, layers: int, tokens: float, keys: float, lora_layers: int = 0,
                   lora_rank: int = 0) -> float:
-    """``layers`` decoder layers, the top ``lora_layers`` of them with a LoRA."""
+    """``layers`` decoder layers, the top ``lora_layers`` of them with a LoRA on every linear layer (the part of the
+    stack a PPO model runs on its own when the layers below are shared)."""
     plain = layer_forward(shape, tokens, keys) * (layers - lora_layers)
     return plain + layer_forward(shape, tokens, keys, lora_rank) * lora_layers
 
 
-def stack_backward(shape: Shape, trained_layers: int, tokens: float, keys: float, lora_rank: int) -> float:
-    """Backward through the top ``trained_layers`` layers, each with a LoRA."""
-    if not trained_layers:
+def layers_forward(shape: Shape, tokens: float, keys: float, lora: Lora | None = None) -> float:
+    """Every decoder layer, with ``lora``'s adapter where it has one (None: no adapter, as in full fine-tuning)."""
+    kinds = Counter(lora.at(index) if lora else (0, ()) for index in range(shape.layers))
+    return sum(layer_forward(shape, tokens, keys, rank, targets) * count for (rank, targets), count in kinds.items())
+
+
+def layers_backward(shape: Shape, tokens: float, keys: float, lora: Lora | None) -> float:
+    """Backward through the decoder layers. With ``lora``: from its lowest layer up (nothing below it needs a
+    gradient), adapted or not above it. None: full fine-tuning, every layer's every weight, and the lowest layer's
+    input too (the embeddings are trained)."""
+    if lora is None:
+        return layer_backward(shape, tokens, keys, 0, lowest=False, full=True) * shape.layers
+    if not lora.layers:
         return 0.0
-    return layer_backward(shape, tokens, keys, lora_rank, lowest=True) + \
-        layer_backward(shape, tokens, keys, lora_rank, lowest=False) * (trained_layers - 1)
+    kinds = Counter((*lora.at(index), index == lora.lowest) for index in range(lora.lowest, shape.layers))
+    return sum(layer_backward(shape, tokens, keys, rank, lowest, targets) * count
+               for (rank, targets, lowest), count in kinds.items())
+
+
+def stack_backward(shape: Shape, trained_layers: int, tokens: float, keys: float, lora_rank: int) -> float:
+    """Backward through the top ``trained_layers`` layers, each with a LoRA on every linear layer."""
+    return layers_backward(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
+
+
+def lm_forward(shape: Shape, tokens: float, keys: float, positions: float | None = None,
+               lora: Lora | None = None) -> float:
+    """A causal LM's forward on ``tokens`` tokens, its LM head on ``positions`` of them (default: every one)."""
+    return layers_forward(shape, tokens, keys, lora) + head(shape, tokens if positions is None else positions)
+
+
+def score_forward(shape: Shape, tokens: float, keys: float, lora: Lora | None = None) -> float:
+    """A reward or value model's forward on ``tokens`` tokens (its scalar head on every position)."""
+    return layers_forward(shape, tokens, keys, lora) + score_head(shape, tokens)
+
+
+def lm_training(shape: Shape, tokens: float, keys: float, lora: Lora | None, positions: float | None = None) -> Counter:
+    """Forward and backward of a causal LM trained on ``tokens`` tokens with ``lora`` (None: every weight), its LM
+    head on ``positions`` of them (default: every one; GRPO, RLOO and PPO keep only the completions' logits)."""
+    positions = tokens if positions is None else positions
+    return Counter({
+        "forward: layers": layers_forward(shape, tokens, keys, lora),
+        "forward: LM head": head(shape, positions),
+        "backward: LM head": head_backward(shape, positions, trained=lora is None),
+        "backward: layers": layers_backward(shape, tokens, keys, lora)})
+
+
+def score_training(shape: Shape, tokens: float, keys: float, lora: Lora | None) -> Counter:
+    """Forward and backward of a reward model (a scalar head on every position) trained on ``tokens`` tokens."""
+    return Counter({
+        "forward: layers": layers_forward(shape, tokens, keys, lora),
+        "forward: score head": score_head(shape, tokens),
+        "backward: layers": layers_backward(shape, tokens, keys, lora)})
+
+
+def dpo_training(shape: Shape, tokens: float, keys: float, lora: Lora | None,
+                 reference_precomputed: bool = False) -> Counter:
+    """One DPO step on ``tokens`` tokens (chosen and rejected): the policy forward and backward, the reference
+    forward (the adapter off, or a frozen copy) unless its log-probabilities were computed before training."""
+    cost = lm_training(shape, tokens, keys, lora)
+    if not reference_precomputed:
+        cost["reference forward"] = lm_forward(shape, tokens, keys)
+    return cost
 
 
 def sft_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int) -> Counter:
-    """One optimizer step of causal-LM training on ``tokens`` tokens."""
-    return Counter({
-        "forward: layers": stack_forward(shape, shape.layers, tokens, keys, trained_layers, lora_rank),
-        "forward: LM head": head(shape, tokens),
-        "backward: LM head": head(shape, tokens),
-        "backward: layers": stack_backward(shape, trained_layers, tokens, keys, lora_rank)})
+    """One optimizer step of causal-LM training on ``tokens`` tokens, LoRA on the top ``trained_layers`` layers."""
+    return lm_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
 
 
 def reward_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int) -> Counter:
-    """One step of pairwise reward training on ``tokens`` tokens (chosen and rejected together)."""
-    return Counter({
-        "forward: layers": stack_forward(shape, shape.layers, tokens, keys, trained_layers, lora_rank),
-        "forward: score head": score_head(shape, tokens),
-        "backward: layers": stack_backward(shape, trained_layers, tokens, keys, lora_rank)})
+    """One step of pairwise reward training on ``tokens`` tokens (chosen and rejected together), LoRA on the top
+    ``trained_layers`` layers."""
+    return score_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
 
 
 def dpo_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int,
              reference_precomputed: bool = False) -> Counter:
-    """One DPO step on ``tokens`` tokens (chosen and rejected): the policy forward and backward, the reference
-    forward unless its log-probabilities were computed before training."""
-    cost = sft_step(shape, tokens, keys, lora_rank, trained_layers)
-    if not reference_precomputed:
-        cost["reference forward"] = stack_forward(shape, shape.layers, tokens, keys) + head(shape, tokens)
+    """One DPO step on ``tokens`` tokens (chosen and rejected), LoRA on the top ``trained_layers`` layers."""
+    return dpo_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank), reference_precomputed)
+
+
+def sampling(shape: Shape, batch: int, prompt: float, response: float, lora: Lora | None = None) -> Counter:
+    """Sampling ``response`` tokens for each of ``batch`` prompts of ``prompt`` tokens with a KV cache: the prefill
+    (its last logits give the first token), then one token a step over the growing keys. A mean ``response`` length
+    that is not whole counts its fraction of a last step."""
+    whole = int(response)
+    decode = sum(layers_forward(shape, batch, prompt + t, lora) for t in range(1, whole))
+    decode += (response - whole) * layers_forward(shape, batch, prompt + whole, lora)  # 0 for a whole length
+    return Counter({
+        "sampling: prefill": layers_forward(shape, batch * prompt, prompt, lora) + head(shape, batch),
+        "sampling: decode": decode + head(shape, batch * (response - 1))})
+
+
+def ppo_training(shape: Shape, batch: int, prompt: float, response: float, policy: Lora | None, value: Lora | None,
+                 epochs: int) -> Counter:
+    """One PPO step without trunk sharing, for any policy and value training (None: every weight): sample ``batch``
+    responses of ``response`` tokens to prompts of ``prompt`` tokens, score them with policy, reference (the adapter
+    off, or a frozen copy), value and reward model, each through every layer, and run ``epochs`` passes of policy and
+    value training."""
+    tokens, keys = batch * (prompt + response), prompt + response
+    positions = batch * (response + 1)  # the LM head runs on the response positions only (logits_to_keep)
+    cost = sampling(shape, batch, prompt, response, policy)
+    cost["scoring: layers"] = 2 * layers_forward(shape, tokens, keys) + layers_forward(shape, tokens, keys, policy) \
+        + layers_forward(shape, tokens, keys, value)
+    cost["scoring: heads"] = 2 * head(shape, positions) + 2 * score_head(shape, tokens)
+    cost["epochs: forward"] = epochs * (layers_forward(shape, tokens, keys, policy)
+                                        + layers_forward(shape, tokens, keys, value)
+                                        + head(shape, positions) + score_head(shape, tokens))
+    cost["epochs: backward"] = epochs * (layers_backward(shape, tokens, keys, policy)
+                                         + layers_backward(shape, tokens, keys, value)
+                                         + head_backward(shape, positions, trained=policy is None))
     return cost
 
 
@@ -136,32 +303,23 @@ def ppo_step(shape: Shape, batch: int, prompt: float, response: float, lora_rank
     on the top ``value_layers`` of a reward model that was itself trained on its top ``reward_layers``. With
     ``share_trunk`` the layers the models have in common run once and the frozen layers' output is kept for the
     epochs (stages/ppo/trunk.py); without it every model runs every layer, in scoring and in every epoch."""
+    policy, value = Lora.top(shape, policy_layers, lora_rank), Lora.top(shape, value_layers, lora_rank)
+    if not share_trunk:
+        return ppo_training(shape, batch, prompt, response, policy, value, epochs)
     n = shape.layers
     tokens, keys = batch * (prompt + response), prompt + response
     positions = batch * (response + 1)  # the LM head runs on the response positions only (logits_to_keep)
-    cost = Counter({
-        "sampling: prefill": stack_forward(shape, n, batch * prompt, prompt, policy_layers, lora_rank)
-        + head(shape, batch),
-        "sampling: decode": sum(stack_forward(shape, n, batch, prompt + t, policy_layers, lora_rank)
-                                for t in range(1, int(response))) + head(shape, batch * (response - 1))})
-    if share_trunk:
-        common = n - max(policy_layers, value_layers, reward_layers)
-        own = (n - policy_layers - common) + (n - value_layers - common)  # shared by policy/reference, value/reward
-        scoring = stack_forward(shape, common + own, tokens, keys) \
-            + stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) \
-            + stack_forward(shape, policy_layers, tokens, keys) \
-            + stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank) \
-            + stack_forward(shape, value_layers, tokens, keys)
-        epoch_forward = stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) + \
-            stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank)
-    else:  # policy, reference, value and reward model each through every layer
-        scoring = 2 * stack_forward(shape, n, tokens, keys) \
-            + stack_forward(shape, n, tokens, keys, policy_layers, lora_rank) \
-            + stack_forward(shape, n, tokens, keys, value_layers, lora_rank)
-        epoch_forward = stack_forward(shape, n, tokens, keys, policy_layers, lora_rank) + \
-            stack_forward(shape, n, tokens, keys, value_layers, lora_rank)
-    cost["scoring: layers"] = scoring
+    cost = sampling(shape, batch, prompt, response, policy)
+    common = n - max(policy_layers, value_layers, reward_layers)
+    own = (n - policy_layers - common) + (n - value_layers - common)  # shared by policy/reference, value/reward
+    cost["scoring: layers"] = stack_forward(shape, common + own, tokens, keys) \
+        + stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) \
+        + stack_forward(shape, policy_layers, tokens, keys) \
+        + stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank) \
+        + stack_forward(shape, value_layers, tokens, keys)
     cost["scoring: heads"] = 2 * head(shape, positions) + 2 * score_head(shape, tokens)
+    epoch_forward = stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) + \
+        stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank)
     cost["epochs: forward"] = epochs * (epoch_forward + head(shape, positions) + score_head(shape, tokens))
     cost["epochs: backward"] = epochs * (stack_backward(shape, policy_layers, tokens, keys, lora_rank)
                                          + stack_backward(shape, value_layers, tokens, keys, lora_rank)

@@ -7,7 +7,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipeline.models.flops import Shape, dpo_step, head, ppo_step, sft_step, stack_backward, stack_forward
+from pipeline.models.flops import (
+    Lora,
+    Shape,
+    dpo_step,
+    head,
+    lm_training,
+    ppo_step,
+    ppo_training,
+    sampling,
+    sft_step,
+    stack_backward,
+    stack_forward,
+)
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ = 2, 12
@@ -55,6 +67,62 @@ def test_forward_and_backward_with_lora_on_the_top_layers(config, layers, rank):
     assert stack_backward(shape, 0, BATCH * SEQ, SEQ, rank) == 0
 
 
+def forward_and_backward(model, ids) -> tuple[int, int]:
+    """The FLOPs of a forward pass of ``model`` on ``ids`` (summing the logits as the loss) and of its backward."""
+    out = {}
+    forward = counted(lambda: out.setdefault("loss", model(ids).logits.sum()))
+    backward = counted(lambda: out["loss"].backward())
+    return forward, backward
+
+
+def test_full_fine_tuning(config):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)  # every weight trained, the embedding (tied to the LM head) too
+    ids = torch.randint(0, config.vocab_size, (BATCH, SEQ))
+    forward, backward = forward_and_backward(model, ids)
+    step = lm_training(Shape.of(config), BATCH * SEQ, SEQ, None)
+    assert forward == step["forward: layers"] + step["forward: LM head"]
+    assert backward == step["backward: layers"] + step["backward: LM head"]
+    # every linear layer's dX and dW, the LM head's too: twice the forward, attention included
+    assert backward == 2 * forward
+
+
+@pytest.mark.parametrize("targets,layers", [
+    (["q_proj", "v_proj"], None),               # the peft default: attention's q and v in every layer
+    (["q_proj", "v_proj"], [1, 2]),             # not the top layers: layer 3 needs every activation's gradient
+    (PROJECTIONS, [1, 2]),
+    (["v_proj", "down_proj"], [0, 2]),          # lowest layer: dV but no dQ, dK or probabilities' gradient
+    (["k_proj"], [1]),                          # dK and the probabilities' gradient, no dQ
+    (["o_proj"], [1, 3]),                       # no attention gradient in the lowest layer, the MLP's input needs one
+    (["up_proj"], [2]),                         # only the MLP: no dX through gate_proj in the lowest layer
+])
+def test_forward_and_backward_with_lora_on_some_projections_of_some_layers(config, targets, layers):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(config),
+                           LoraConfig(r=4, target_modules=targets, layers_to_transform=layers))
+    ids = torch.randint(0, config.vocab_size, (BATCH, SEQ))
+    shape = Shape.of(config)
+    forward, backward = forward_and_backward(model, ids)
+    lora = Lora.of(shape, {"r": 4, "target_modules": targets, "layers": layers})
+    step = lm_training(shape, BATCH * SEQ, SEQ, lora)
+    assert forward == step["forward: layers"] + step["forward: LM head"]
+    assert backward == step["backward: layers"] + step["backward: LM head"]
+
+
+def test_lora_settings_and_the_top_layers_agree():
+    shape = Shape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
+    assert Lora.of(shape, {"r": 16, "layers": list(range(-8, 0))}) == Lora.top(shape, 8, 16)
+    assert Lora.of(shape, None) is None
+    assert Lora.of(shape, {"target_modules": ["v_proj", "q_proj"]}).layers == tuple(range(30))
+    assert sft_step(shape, 1000, 60, 16, 8) == lm_training(shape, 1000, 60, Lora.top(shape, 8, 16))
+    with pytest.raises(ValueError, match="lm_head"):
+        Lora.of(shape, {"target_modules": ["q_proj", "lm_head"]})
+    with pytest.raises(ValueError, match="30 layers"):
+        Lora.of(shape, {"layers": [29, 30]})
+
+
 def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     shape = Shape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
     with_reference = dpo_step(shape, 1000, 60, 16, 8)
@@ -70,3 +138,13 @@ def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     assert unshared["epochs: forward"] - shared["epochs: forward"] == pytest.approx(2 * 2 * 22 * layer)
     assert shared["sampling: decode"] == unshared["sampling: decode"]
     assert shared["epochs: backward"] == unshared["epochs: backward"]
+    # a full-fine-tuning policy: its LM head's weight gradient is counted too, the sampling and scoring are the same
+    full = ppo_training(shape, 32, 44, 32, None, Lora.top(shape, 8, 16), epochs=2)
+    assert full["scoring: heads"] == unshared["scoring: heads"]
+    assert full["epochs: backward"] > unshared["epochs: backward"] + 2 * head(shape, 32 * 33)
+
+
+def test_sampling_a_mean_response_length_counts_its_fraction_of_a_step():
+    shape = Shape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
+    decode = {n: sampling(shape, 32, 44, n)["sampling: decode"] for n in (12, 12.25, 13)}
+    assert decode[12.25] == pytest.approx(0.75 * decode[12] + 0.25 * decode[13])
