@@ -15,17 +15,21 @@ Llama-shaped model in bf16 (random weights: speed and memory do not depend on th
    own process, and reports our step time over theirs (the pipeline's overhead).
 5. Writes DIR/gpu_bench.json and DIR/gpu_bench.md and prints the table.
 
-Model FLOPs per token (matmuls only; attention scores left out): forward 2N, backward 2N for the activations plus
-2N_trained for the weight gradients, where N counts the weights a token passes through (the LM head included for
-causal LMs). DPO adds the reference forward (2N) per token; PPO counts its rollout scoring (policy, reference,
-value: 6N) and its training epochs per rollout token. MFU = model FLOPs / time / measured matmul rate.
+Model FLOPs: pipeline/models/flops.py's matmul count (what torch's FlopCounterMode counts, attention included),
+composed per stage as bench/stage_matrix.py composes it (``run_flops``; its docstring says what each stage counts):
+the stage's own training (LoRA or full, read from its manifest), DPO's reference forward, PPO's sampling, scoring and
+training epochs through every layer. MFU = model FLOPs / time / measured matmul rate. Until the bench used flops.py
+it had its own per-token formula (forward 2N, backward 2N + 2N_trained, attention products left out), which for the
+same run gave: sft and dpo about 1-2% less on the 0.5B model; the fully trained reward model about 7% more (the
+embedding and an LM head it does not have counted as trained matmul weights); PPO 4-6x less (one training epoch over
+the response tokens, where the stage runs ppo_epochs over prompt and response). tokens/s is unchanged (PPO: response
+tokens).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,6 +37,10 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from stage_matrix import model_shape, prompt_lengths, run_flops  # bench/ is on the path when a bench script runs
+
+from pipeline.models import flops
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny.yaml"
@@ -142,46 +150,29 @@ def run_plain(kind: str, model_dir: Path, rows: list[dict], steps: int, cuda: bo
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def flops_per_token(model: dict, stage: str, trained: int) -> float:
-    n_lm, n_body = model["body"] + model["lm_head"], model["body"]
-    if stage == "reward":
-        return 4 * n_body + 2 * trained
-    if stage == "dpo":
-        return 4 * n_lm + 2 * trained + 2 * n_lm
-    if stage == "ppo":
-        return 6 * n_lm + 2 * model["body"] + 2 * (2 * n_lm + 2 * n_body + 2 * trained)  # scoring + 1 epoch per token
-    return 4 * n_lm + 2 * trained
-
-
-def trained_weights(folder: Path, model: dict) -> int:
-    """The weights a stage trained: its adapter's, or every weight when it saved no adapter (full fine-tuning)."""
-    from safetensors import safe_open
-
-    adapter = folder / "adapter_model.safetensors"
-    if not adapter.exists():
-        return model["parameters"]
-    with safe_open(adapter, "pt") as tensors:
-        return sum(math.prod(tensors.get_slice(k).get_shape()) for k in tensors.keys())
-
-
-def stage_figures(out: Path, stage: str, model: dict, rate: float) -> dict:
+def stage_figures(out: Path, stage: str, shape: flops.Shape, rate: float) -> dict:
+    """One stage's row: steps, s/step, tokens/s (PPO: response tokens), peak GPU memory, MFU (model FLOPs from
+    pipeline/models/flops.py, through stage_matrix.run_flops, over the training time and the measured matmul rate) and
+    PPO's sampling rate."""
     metrics = json.loads((out / stage / "metrics.json").read_text())
     manifest = json.loads((out / stage / "manifest.json").read_text())
     history = json.loads((out / stage / "log_history.json").read_text())
-    trained = trained_weights(out / stage, model)
+    config, world = manifest["config"], manifest.get("world_size", 1)
     if stage == "ppo":
         seconds = metrics["seconds_per_step"] * metrics["ppo_steps_run"]
         steps = metrics["ppo_steps_run"]
         tokens = sum(h.get("response_length", 0) * metrics["rollout_prompts_per_step"] for h in history)
         sampling = sum(h["generated_tokens_per_s"] for h in history) / len(history)
+        prompt_len = prompt_lengths(config, str(out / config["from"][0]))
     else:
         seconds, steps = metrics["train_runtime"], metrics["global_step"]
         tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-        sampling = None
+        sampling = prompt_len = None
     per_s = tokens / seconds if seconds else None
+    model_flops = run_flops(stage, shape, config, metrics, history, world, prompt_len)
     return {"stage": stage, "steps": steps, "s_per_step": seconds / steps if steps else None, "tokens_per_s": per_s,
             "peak_gpu_mib": manifest.get("peak_gpu_memory_mib"), "device": manifest.get("device"),
-            "mfu": per_s * flops_per_token(model, stage, trained) / rate if per_s else None,
+            "mfu": model_flops / seconds / rate if model_flops and seconds else None,
             "sampling_tokens_per_s": sampling}
 
 
@@ -232,8 +223,9 @@ def main() -> int:
     device = "cuda" if cuda else "cpu"
     rate = matmul_rate(device)
     model = build_model(size, args.out / "model")
+    shape = model_shape(str(args.out / "model"))
     run_ours(args.out / "model", args.out / "ours", steps, cuda)
-    stages = [stage_figures(args.out / "ours", s, model, rate) for s in ("sft", "reward", "dpo", "ppo")]
+    stages = [stage_figures(args.out / "ours", s, shape, rate) for s in ("sft", "reward", "dpo", "ppo")]
     plain = {kind: run_plain(kind, args.out / "model", training_rows(args.out / "ours", kind), steps[kind], cuda)
              for kind in ("sft", "dpo")}
     result = {"device_name": torch.cuda.get_device_name(0) if cuda else "CPU (dry run)", "cuda": cuda,

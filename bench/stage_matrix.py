@@ -57,26 +57,28 @@ Measurements
                      the bench with the cell's precision, thread count and process count (2048 x 2048 torch.matmul
                      loop, ~2 s; 2-process cells: two 1-thread processes at once, their rates summed)
 
-Model FLOPs (attention score/value products are left out: under 2% of the matmul work for SmolLM2 at these lengths,
-about 10% for the tiny model). N is the number of weights in nn.Linear layers applied to each token, the output
-head included (with tied embeddings the head's matmul is real work even though its weight is the embedding), so
-a forward pass over T tokens costs F(T) = 2 x N_body x T + 2 x N_head x T_head, where T_head is the number of
-positions whose logits are computed (all of them in the TRL trainers; response tokens only in PPO and in generation).
-  full fine-tuning   3 x F(T)  (forward + activation gradients + weight gradients: the usual 6 x N x T)
-  LoRA               F(T) + B(T) + 6 x L x T, where B(T) = 2 x N_bwd x T (+ head) is the backward for activation
-                     gradients through the frozen weights and L the trainable adapter weights. N_bwd counts only the
-                     layers at or above the lowest adapted one (backpropagation stops there; N_bwd = N_body when every
-                     layer is adapted: the usual "2 x N x T"); the frozen weights get no weight gradients.
-  reward model       the same on the sequence-classification model (N_head = the 1-output score layer)
-  sft, reward        training FLOPs on TRL's num_tokens
-  dpo                training FLOPs + one reference forward F(T) (adapter disabled, or the frozen copy when full)
-  ppo, per step      T = rollouts x (prompt + response), T_R = rollouts x response:
-                     generation F_policy(T, T_R) + scoring forwards (policy F(T, T_R), reference F(T, T_R), value model
-                     F_rm(T), reward model F_rm(T)) + ppo_epochs x (policy training + value training on T)
-  grpo, rloo         generation F(T, T_C) + reference forward F(T, T_C) (beta > 0) + reward model F_rm(T) + policy
-                     training on T (T = TRL's num_tokens, T_C = completion tokens from completions/mean_length)
-These formulas agree with torch.utils.flop_counter.FlopCounterMode on SmolLM2 (full: exactly; LoRA on the top 8
-layers and the top-16-layer LoRA reward model: within 0.3%).
+Model FLOPs: pipeline/models/flops.py's count of the matmuls, the one model bench/step_cost.py and bench/gpu_bench.py
+use too (as torch.utils.flop_counter.FlopCounterMode counts them; a unit test checks it exactly on a tiny Llama for
+full fine-tuning and for LoRA on any layers and projections). Attention is counted over the mean sequence length (TRL's
+num_tokens over the sequences trained: steps x batch_size x gradient_accumulation_steps x processes, both sequences of
+a pair), the output head included (with tied embeddings the head's matmul is real work even though its weight is the
+embedding), on the positions whose logits are computed (all of them in the TRL trainers; response tokens only in PPO
+and in generation, completion tokens in GRPO/RLOO training). The backward is what autograd runs: full fine-tuning dX
+and dW of every weight; LoRA from the lowest adapted layer up, the adapters' weight gradients and no frozen weight's.
+  sft, reward        one training pass (forward and backward) over TRL's num_tokens
+  dpo                the policy's training pass + one reference forward (adapter disabled, or the frozen copy when full)
+  ppo, per step      T = rollouts x (prompt + that step's mean response): sampling (prefill and decode with a KV
+                     cache), scoring forwards (policy, reference, value model, reward model), ppo_epochs x (policy
+                     training + value training on T); every model through every layer (trunk sharing, where the stage
+                     uses it, saves work this count keeps: it counts what the models ask for, as before)
+  grpo, rloo         sampling of the completions + reference forward (beta > 0) + reward model forward + policy
+                     training on T (T = TRL's num_tokens, completion tokens from completions/mean_length)
+Until the bench used flops.py it had its own formula: full fine-tuning 3 x (2 x N x T), LoRA 2 x N x T + 2 x N_bwd x T
++ 6 x trainable x T (N: the linear layers' weights; N_bwd: those at or above the lowest adapted layer), generation as
+one forward: attention products left out (under 2% of the matmul work for SmolLM2 at these lengths, about 10% for the
+tiny model) and the LoRA backward approximated (within 0.3% on SmolLM2). The tables of docs/PERFORMANCE.md measured
+on 2026-11-24/25 were computed with it. flops.py counts about 2-3% more on SmolLM2 at these lengths and 6-11% more on
+the tiny model (mostly attention), so a rerun reads that much higher an MFU at the same speed.
 QLoRA counts the same FLOPs as LoRA against the fp32 peak (bitsandbytes dequantises to the compute dtype, float32).
 """
 
@@ -96,6 +98,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+
+from pipeline.models import flops
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -232,63 +236,56 @@ def matmul_flops(dtype: str, threads: int, processes: int, seconds: float = 2.0)
 # Model FLOPs
 
 
-@dataclass
-class Shapes:
-    """Weights of the nn.Linear layers applied to each token, per transformer layer, and of the output heads."""
+def model_shape(model_path: str) -> flops.Shape:
+    """The shape pipeline/models/flops.py counts a model's FLOPs from, read from its config."""
+    from transformers import AutoConfig
 
-    layers: list[int]                    # matmul weights per transformer layer
-    lm_head: int                         # causal LM output head (vocab x hidden)
-    score: int                           # sequence-classification head (1 x hidden)
-    linears: list[tuple[int, str, int]]  # (layer index, module name, in + out) of every adaptable linear
+    return flops.Shape.of(AutoConfig.from_pretrained(model_path))
 
-    @classmethod
-    def of(cls, model_path: str) -> "Shapes":
-        import re
 
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+def sequences_trained(config: dict, steps: int, world: int, per_example: int = 1) -> int:
+    """Sequences a TRL stage trained on (``per_example``: 2 for the chosen and rejected of a pair): the mean length,
+    TRL's num_tokens over this, is the key length attention is counted over."""
+    train = config.get("train", {})
+    return steps * train.get("batch_size", 8) * train.get("gradient_accumulation_steps", 1) * world * per_example
 
-        config = AutoConfig.from_pretrained(model_path)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        layers = [0] * config.num_hidden_layers
-        linears = []
-        head = model.get_output_embeddings()
-        for name, module in model.named_modules():
-            if not isinstance(module, torch.nn.Linear) or module is head:
-                continue
-            found = re.search(r"\.layers\.(\d+)\.", f".{name}.")
-            index = int(found.group(1))
-            layers[index] += module.in_features * module.out_features
-            linears.append((index, name.rsplit(".", 1)[-1], module.in_features + module.out_features))
-        return cls(layers, head.in_features * head.out_features, config.hidden_size, linears)
 
-    @property
-    def body(self) -> int:
-        return sum(self.layers)
+def trained_tokens(history: list[dict]) -> float | None:
+    """TRL's last logged cumulative num_tokens (every process's non-padding tokens), None where it logged none."""
+    return next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
 
-    def forward(self, tokens: float, head_tokens: float, head: str = "lm") -> float:
-        return 2 * self.body * tokens + 2 * (self.lm_head if head == "lm" else self.score) * head_tokens
 
-    def lora_params(self, lora: dict) -> tuple[int, int]:
-        """(trainable adapter weights, lowest adapted layer) of a LoRA config (all-linear or named targets)."""
-        count = len(self.layers)
-        chosen = set(range(count)) if lora.get("layers") is None else {i % count for i in lora["layers"]}
-        targets = lora.get("target_modules", "all-linear")
-        r = lora.get("r", 16)
-        trainable = sum(r * io for layer, name, io in self.linears
-                        if layer in chosen and (targets == "all-linear" or name in targets))
-        return trainable, min(chosen)
-
-    def train(self, tokens: float, head_tokens: float, lora: dict | None, head: str = "lm") -> float:
-        """Forward + backward FLOPs of one pass over ``tokens`` (see the module docstring)."""
-        fwd = self.forward(tokens, head_tokens, head)
-        if lora is None:
-            return 3 * fwd
-        trainable, lowest = self.lora_params(lora)
-        head_weights = self.lm_head if head == "lm" else self.score
-        backward = 2 * sum(self.layers[lowest:]) * tokens + 2 * head_weights * head_tokens
-        return fwd + backward + 6 * trainable * tokens
+def run_flops(stage: str, shape: flops.Shape, config: dict, metrics: dict, history: list[dict], world: int,
+              prompt_len: float | None = None) -> float | None:
+    """Model FLOPs of a finished run of a training stage (the module docstring says what is counted), from its stage
+    config (the recipe's, or the manifest's), metrics.json and log_history.json with a line for every step; PPO also
+    needs the mean rendered prompt length. None where TRL logged no token count."""
+    lora = flops.Lora.of(shape, config.get("lora", {}))  # absent: the stage's default LoRA; null: full fine-tuning
+    if stage == "ppo":
+        value_lora = flops.Lora.of(shape, config.get("value_lora", {}))
+        rollouts, epochs = metrics["rollout_prompts_per_step"], config.get("ppo_epochs", 4)
+        return sum(sum(flops.ppo_training(shape, rollouts, prompt_len, h["response_length"], lora, value_lora,
+                                          epochs).values()) for h in history)
+    tokens, steps = trained_tokens(history), metrics["global_step"]
+    if tokens is None:
+        return None
+    keys = tokens / sequences_trained(config, steps, world, 2 if stage in ("reward", "dpo") else 1)
+    if stage == "sft":
+        return sum(flops.lm_training(shape, tokens, keys, lora).values())
+    if stage == "reward":
+        return sum(flops.score_training(shape, tokens, keys, lora).values())
+    if stage == "dpo":  # the reference forward counted on every pair trained, precomputed or not
+        return sum(flops.dpo_training(shape, tokens, keys, lora).values())
+    # grpo, rloo: the sequences are the completions, each with its prompt
+    per_step = sequences_trained(config, 1, world)
+    completions = steps * per_step
+    completion = sum(h["completions/mean_length"] * per_step for h in history if "completions/mean_length" in h)
+    reference = 1 if config.get("beta", 0.05) > 0 else 0
+    return (sum(flops.sampling(shape, completions, (tokens - completion) / completions, completion / completions,
+                               lora).values())
+            + reference * flops.lm_forward(shape, tokens, keys, positions=completion)
+            + flops.score_forward(shape, tokens, keys)
+            + sum(flops.lm_training(shape, tokens, keys, lora, positions=completion).values()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,11 +312,13 @@ class Cell:
 
 
 def _stage_config(recipe: str, stage: str, overrides: list[str]) -> dict:
-    from pipeline.recipe import apply_override
+    from pipeline.recipe.overrides import apply_override
 
     raw = yaml.safe_load((ROOT / recipe).read_text())
     for override in overrides:
-        apply_override(raw, override)
+        problem = apply_override(raw, override)
+        if problem is not None:
+            raise SystemExit(f"{recipe}: {problem}")
     return raw["stages"][stage]
 
 
@@ -473,7 +472,7 @@ def prompt_lengths(stage_config: dict, tokenizer_path: str) -> float:
     """Mean token length of the stage's training prompts rendered through the chat template (as PPO samples them)."""
     from pipeline.data.cards import card_splits, load_card
     from pipeline.evaluation.generation import render_prompts
-    from pipeline.models import load_tokenizer
+    from pipeline.models.loading import load_tokenizer
 
     card_path = ROOT / stage_config["prompts"]
     prompts = [row["prompt"] for row in card_splits(load_card(card_path), str(stage_config["prompts"]))["train"]]
@@ -485,60 +484,31 @@ def prompt_lengths(stage_config: dict, tokenizer_path: str) -> float:
     return statistics.fmean(len(tokenizer(text, add_special_tokens=special)["input_ids"]) for text in rendered)
 
 
-def figures(cell: Cell, shapes: Shapes, peaks: dict, prompt_len: float | None) -> dict:
+def figures(cell: Cell, shape: flops.Shape, peaks: dict, prompt_len: float | None) -> dict:
     """Steps, s/step, examples/s, tokens/s, model FLOPs and MFU of a finished cell."""
     r = cell.result
     metrics, history = r["metrics"], r.get("history", [])
     config = _stage_config(cell.recipe, cell.stage, cell.overrides)
-    lora = config.get("lora", {}) if "lora" in config else {}
-    lora = None if lora is None else {**{"r": 16}, **(lora or {})}
     peak = peaks[(cell.precision, cell.threads, cell.processes)]
     out: dict = {"wall_s": r["manifest"]["wall_time_s"], "runtime_s": metrics.get("train_runtime")}
     if cell.stage == "ppo":
-        steps = metrics["ppo_steps_run"]
         rollouts = metrics["rollout_prompts_per_step"]
-        responses = [h["response_length"] for h in history]
-        tokens = sum(rollouts * (prompt_len + length) for length in responses)
-        response_tokens = sum(rollouts * length for length in responses)
-        value_lora = config.get("value_lora", {})
-        value_lora = None if value_lora is None else {**{"r": 16}, **(value_lora or {})}
-        epochs = config.get("ppo_epochs", 4)
-        flops = (shapes.forward(tokens, response_tokens)                      # generation
-                 + 2 * shapes.forward(tokens, response_tokens)                # policy + reference log-probs
-                 + 2 * shapes.forward(tokens, tokens, head="score")           # value + reward-model scores
-                 + epochs * (shapes.train(tokens, response_tokens, lora)
-                             + shapes.train(tokens, tokens, value_lora, head="score")))
-        out.update(steps=steps, s_per_step=metrics["seconds_per_step"],
+        tokens = sum(rollouts * (prompt_len + h["response_length"]) for h in history)
+        out.update(steps=metrics["ppo_steps_run"], s_per_step=metrics["seconds_per_step"],
                    examples_per_s=rollouts / metrics["seconds_per_step"],
                    tokens=tokens, tokens_per_s=tokens / metrics["train_runtime"],
                    gen_tokens_per_s=statistics.fmean(h["generated_tokens_per_s"] for h in history))
     else:
         steps = metrics["global_step"]
-        tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
+        tokens = trained_tokens(history)
         runtime = metrics["train_runtime"]
         out.update(steps=steps, s_per_step=runtime / steps, examples_per_s=metrics.get("train_samples_per_second"),
                    tokens=tokens, tokens_per_s=tokens / runtime if tokens else None)
-        if tokens is None:
-            flops = None
-        elif cell.stage == "sft":
-            flops = shapes.train(tokens, tokens, lora)
-        elif cell.stage == "reward":
-            flops = shapes.train(tokens, tokens, lora, head="score")
-        elif cell.stage == "dpo":
-            flops = shapes.train(tokens, tokens, lora) + shapes.forward(tokens, tokens)
-        else:  # grpo, rloo
-            world = r["manifest"].get("world_size", 1)
-            per_step = config["train"].get("batch_size", 8) * config["train"].get("gradient_accumulation_steps", 1) \
-                * world
-            completion = sum(h["completions/mean_length"] * per_step for h in history
-                             if "completions/mean_length" in h)
-            reference = 1 if config.get("beta", 0.05) > 0 else 0
-            flops = ((1 + reference) * shapes.forward(tokens, completion) + shapes.forward(tokens, tokens, "score")
-                     + shapes.train(tokens, completion, lora))
-    out["flops"] = flops
-    out["achieved_flops"] = flops / out["runtime_s"] if flops else None
+    flop_count = run_flops(cell.stage, shape, config, metrics, history, r["manifest"].get("world_size", 1), prompt_len)
+    out["flops"] = flop_count
+    out["achieved_flops"] = flop_count / out["runtime_s"] if flop_count else None
     out["peak_flops"] = peak
-    out["mfu"] = out["achieved_flops"] / peak if flops else None
+    out["mfu"] = out["achieved_flops"] / peak if flop_count else None
     return out
 
 
@@ -658,7 +628,7 @@ def main() -> None:
         if not model_cells:
             continue
         spec = MODELS[model]
-        shapes = Shapes.of(resolve(load_recipe(spec["recipe"]).model.source))
+        shape = model_shape(resolve(load_recipe(spec["recipe"]).model.source))
         upstreams = {}
         for chain in sorted({c.chain for c in model_cells if c.stage != "sft"}):
             clock = time.perf_counter()
@@ -683,7 +653,7 @@ def main() -> None:
                 if cell.stage == "ppo":
                     config = _stage_config(cell.recipe, cell.stage, cell.overrides)
                     prompt_len = prompt_lengths(config, str(upstreams[cell.chain] / "sft"))
-                r["figures"] = figures(cell, shapes, peaks, prompt_len)
+                r["figures"] = figures(cell, shape, peaks, prompt_len)
                 f = r["figures"]
                 print(f"[{model}] {cell.name}: {f['steps']} steps, {f['s_per_step']:.3f} s/step, "
                       f"tokens/s {_fmt(f['tokens_per_s'], 0)}, peak tree {r['peak_tree_mib']:.0f} MiB, "
