@@ -39,7 +39,8 @@ class KLSettings(Strict):
     """pi controller: integral gain; log coef moves by ki x the sum of the relative errors so far."""
     guard: float | None = Field(None, gt=1)
     """With a target: stop a PPO step's remaining updates (minibatches and epochs) once the policy's KL to the
-    reference, predicted on the step's rollout by importance weighting, exceeds guard x target and is still rising.
+    reference, predicted on the step's rollout by importance weighting, would exceed guard x target after the next
+    update (expected to move it as far as the last one did) and is still rising.
     A controller acts on the KL the next rollout measures, after the policy has moved; the guard acts inside the
     step, before the update that would carry the KL past the band (the policy's sudden jumps toward what the reward
     model likes are faster than any controller of the coefficient). None: every update runs."""

@@ -299,21 +299,25 @@ class PPORun:
         advantages = ppo_math.masked_whiten(advantages, mask)
         return {"advantages": advantages, "returns": returns, "penalty": penalty}
 
-    def _guard_stops(self, micro: int, rollout_kl: float, logprobs: torch.Tensor, index: torch.Tensor,
-                     rollout: dict, mask: torch.Tensor) -> tuple[bool, float]:
-        """Whether kl.guard stops the step's updates before this micro-batch, and the KL it predicts. Checked only
-        where an optimizer step begins (so no half-accumulated gradient is dropped) and never before the step's
-        first update, which has nothing to predict; the prediction is the same on every process."""
+    def _guard_stops(self, micro: int, rollout_kl: float, before: float, logprobs: torch.Tensor,
+                     index: torch.Tensor, rollout: dict, mask: torch.Tensor) -> tuple[bool, float]:
+        """Whether kl.guard stops the step's updates before this micro-batch, and the KL the updates so far have
+        led to (``before``: that prediction at the previous check, or the rollout's KL). The update about to run is
+        expected to move the KL as far as the last one did, so the guard stops before the update that would cross
+        the band, not after it. Checked only where an optimizer step begins (so no half-accumulated gradient is
+        dropped) and never before the step's first update, which has nothing to predict from; the prediction is
+        the same on every process."""
         kl = self.config.kl
         ga = self.config.train.gradient_accumulation_steps
         if kl.guard is None or micro == 0 or micro % ga:
-            return False, float("nan")
+            return False, before
         drift = ppo_math.kl_drift(logprobs.detach(), rollout["logprobs"][index, : logprobs.shape[1]],
                                   rollout["ref_logprobs"][index, : logprobs.shape[1]], mask)
         drift = self._mean(drift.mean())
         predicted = rollout_kl + drift
+        after_next = predicted + max(predicted - before, 0.0)
         # only a rising KL is stopped: above the band, the updates that bring it down must still run
-        return drift > 0 and predicted > kl.guard * kl.target, predicted
+        return drift > 0 and after_next > kl.guard * kl.target, predicted
 
     def _train_on(self, rollout: dict, targets: dict, rollout_kl: float) -> dict:
         """ppo_epochs passes over the rollout in shuffled minibatches (fewer where kl.guard stops the step); returns
@@ -325,7 +329,7 @@ class PPORun:
         generator = torch.Generator().manual_seed(self.ctx.seed + 31 * self.step + self.rank)
         totals: dict[str, float] = {}
         count = 0
-        predicted = float("nan")
+        predicted = rollout_kl
         stopped = False
         self.model.train()
         for _ in range(config.ppo_epochs):
@@ -344,8 +348,8 @@ class PPORun:
                 with self.accelerator.accumulate(self.model):
                     logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width, cached)
                     logprobs = token_logprobs(logits, part.response_ids, config.sampling.temperature)
-                    stopped, guess = self._guard_stops(count, rollout_kl, logprobs, index, rollout, mask)
-                    predicted = guess if not math.isnan(guess) else predicted
+                    stopped, predicted = self._guard_stops(count, rollout_kl, predicted, logprobs, index, rollout,
+                                                           mask)
                     if stopped:
                         # accumulate() counted this micro-batch on entry: uncount it, so that the next step's
                         # accumulation cycles start in phase

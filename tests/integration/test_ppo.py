@@ -225,7 +225,7 @@ def test_pi_controller_holds_the_kl_band_where_the_proportional_one_overshoots(o
 def test_kl_guard_stops_the_updates_that_would_carry_the_kl_past_the_band(out):
     """Tiny recipe, target 4 nats and a coefficient too small to hold it (proportional controller, horizon 10^6: it
     barely moves): unguarded, the full 8 updates a step carry the KL to about 13 by step 15 (measured 12.9); with
-    kl.guard 1.2 a step's updates stop once they predict more than 4.8 nats (measured: at most 6.9 by step 15)."""
+    kl.guard 1.2 a step's updates stop before the one predicted to carry the KL past 4.8 nats."""
     settings = ["stages.ppo.train.max_steps=15", "stages.ppo.train.logging_steps=1", "stages.ppo.train.save_steps=100"]
     kl = "stages.ppo.kl={coef: 0.05, target: 4.0, horizon: 1000000%s}"
     run_plan(plan_for(out, *settings, kl % ""))
@@ -235,7 +235,7 @@ def test_kl_guard_stops_the_updates_that_would_carry_the_kl_past_the_band(out):
     guarded = history(out / "ppo")
     assert guarded[0]["updates"] == 8, "from the reference, the whole step fits in the band"
     cut = [s for s in guarded if s["updates"] < 8]
-    assert len(cut) >= 5 and all(s["kl_predicted"] > 4.8 for s in cut), guarded
+    assert len(cut) >= 5, guarded
     assert all(s["updates"] >= 1 for s in guarded), "the first update of a step always runs"
     free_max, guarded_max = max(s["kl"] for s in free), max(s["kl"] for s in guarded)
     assert free_max > 9.0 and guarded_max < 0.7 * free_max, (free_max, guarded_max)
