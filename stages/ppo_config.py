@@ -38,12 +38,15 @@ class KLSettings(Strict):
     ki: float = Field(0.5, ge=0)
     """pi controller: integral gain; log coef moves by ki x the sum of the relative errors so far."""
     guard: float | None = Field(None, gt=1)
-    """With a target: stop a PPO step's remaining updates (minibatches and epochs) once the policy's KL to the
-    reference, predicted on the step's rollout by importance weighting, would exceed guard x target after the next
-    update (expected to move it as far as the last one did) and is still rising.
-    A controller acts on the KL the next rollout measures, after the policy has moved; the guard acts inside the
-    step, before the update that would carry the KL past the band (the policy's sudden jumps toward what the reward
-    model likes are faster than any controller of the coefficient). None: every update runs."""
+    """With a target: hold the policy's KL to the reference inside the band [target / guard, guard x target]. Each
+    optimizer update of a PPO step is checked once it has run, on the step's rollout (the KL predicted by
+    importance weighting); one that carried the KL above the band (or further above than the rollout measured
+    it), or below it from inside, is undone (weights and optimizer state restored) and the step's remaining
+    updates are dropped; below the band (the warm-up) nothing is held back. A controller acts on the KL the next
+    rollout measures, after the policy has moved; the guard acts inside the step (the policy's sudden jumps toward
+    what the reward model likes are faster than any controller of the coefficient), and the controller's
+    coefficient decides how much reward the updates that stay in the band can still gain. Costs one extra
+    forward pass of a minibatch a step. None: every update is kept."""
 
     @model_validator(mode="after")
     def _controller_settings_used(self):

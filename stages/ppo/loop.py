@@ -7,7 +7,7 @@ One PPO step:
    model's weights with its adapter disabled);
 3. per-token rewards = -kl_coef x KL estimate, plus the (normalised) score on the last token; GAE advantages;
 4. ppo_epochs passes over the rollout in shuffled minibatches: clipped policy loss + vf_coef x clipped value loss
-   (with kl.guard, the step's remaining updates are dropped once the KL they predict leaves the band);
+   (with kl.guard, an update predicted to carry the KL out of the band is undone and the step ends there);
 5. the adaptive KL controller (if any) moves kl_coef toward the target KL; metrics are logged; every save_steps a
    resumable checkpoint is written.
 The arithmetic lives in pipeline/rl/ppo_math.py, where it is tested against hand-computed values.
@@ -15,6 +15,7 @@ The arithmetic lives in pipeline/rl/ppo_math.py, where it is tested against hand
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -299,37 +300,61 @@ class PPORun:
         advantages = ppo_math.masked_whiten(advantages, mask)
         return {"advantages": advantages, "returns": returns, "penalty": penalty}
 
-    def _guard_stops(self, micro: int, rollout_kl: float, before: float, logprobs: torch.Tensor,
-                     index: torch.Tensor, rollout: dict, mask: torch.Tensor) -> tuple[bool, float]:
-        """Whether kl.guard stops the step's updates before this micro-batch, and the KL the updates so far have
-        led to (``before``: that prediction at the previous check, or the rollout's KL). The update about to run is
-        expected to move the KL as far as the last one did, so the guard stops before the update that would cross
-        the band, not after it. Checked only where an optimizer step begins (so no half-accumulated gradient is
-        dropped) and never before the step's first update, which has nothing to predict from; the prediction is
-        the same on every process."""
-        kl = self.config.kl
-        ga = self.config.train.gradient_accumulation_steps
-        if kl.guard is None or micro == 0 or micro % ga:
-            return False, before
-        drift = ppo_math.kl_drift(logprobs.detach(), rollout["logprobs"][index, : logprobs.shape[1]],
-                                  rollout["ref_logprobs"][index, : logprobs.shape[1]], mask)
-        drift = self._mean(drift.mean())
-        predicted = rollout_kl + drift
-        after_next = predicted + max(predicted - before, 0.0)
-        # only a rising KL is stopped: above the band, the updates that bring it down must still run
-        return drift > 0 and after_next > kl.guard * kl.target, predicted
+    def _minibatch_logprobs(self, rollout: dict, index: torch.Tensor):
+        """The policy's logits, values and log-probs of the rollout rows ``index`` as the model stands now (the
+        frozen layers' output comes from the rollout's cache where trunk sharing keeps one)."""
+        batch: Rollout = rollout["batch"]
+        part = batch.select(index)
+        width = part.response_ids.shape[1]
+        cached = None
+        if rollout["cache"] is not None:  # the frozen layers' output for these rows, as scored
+            first, cut, _ = batch.columns(index)
+            cached = {k: v[index][:, first:cut] for k, v in rollout["cache"].items()}
+        logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width, cached)
+        return logits, values, token_logprobs(logits, part.response_ids, self.config.sampling.temperature), part
+
+    def _predicted_kl(self, rollout: dict, rollout_kl: float, logprobs: torch.Tensor, index: torch.Tensor,
+                      mask: torch.Tensor) -> float:
+        """The mean KL to the reference the policy has now, predicted from the rollout rows ``index`` (their KL
+        as sampled plus its importance-weighted drift since); the same on every process."""
+        width = logprobs.shape[1]
+        drift = ppo_math.kl_drift(logprobs.detach(), rollout["logprobs"][index, :width],
+                                  rollout["ref_logprobs"][index, :width], mask)
+        return rollout_kl + self._mean(drift.mean())
+
+    def _snapshot(self) -> tuple:
+        """The trainable weights, optimizer and scheduler state before an update, so that kl.guard can undo it."""
+        return ([p.detach().clone() for p in self.parameters], copy.deepcopy(self.optimizer.state_dict()),
+                self.scheduler.state_dict())
+
+    def _undo(self, snapshot: tuple) -> None:
+        weights, optimizer, scheduler = snapshot
+        with torch.no_grad():
+            for parameter, saved in zip(self.parameters, weights):
+                parameter.copy_(saved)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
 
     def _train_on(self, rollout: dict, targets: dict, rollout_kl: float) -> dict:
-        """ppo_epochs passes over the rollout in shuffled minibatches (fewer where kl.guard stops the step); returns
-        the mean of each training statistic, the number of optimizer updates taken and the last KL the guard
-        predicted."""
+        """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean of each training statistic,
+        the number of optimizer updates kept and, with kl.guard, the KL predicted after the last one kept.
+
+        kl.guard checks every update once it has run: at the start of the next optimizer step (and, after the
+        last, on an extra forward pass of one minibatch) the policy's KL is predicted on the rollout; an update
+        that carried it out of the band (``ppo_math.leaves_band``) is undone and the step's remaining updates are
+        dropped.
+        The check sits where an optimizer step begins, so no half-accumulated gradient is dropped."""
         config = self.config
+        kl = config.kl
+        guard = kl.guard is not None
+        ga = config.train.gradient_accumulation_steps
         batch: Rollout = rollout["batch"]
         rows = batch.input_ids.shape[0]
         generator = torch.Generator().manual_seed(self.ctx.seed + 31 * self.step + self.rank)
         totals: dict[str, float] = {}
-        count = 0
-        predicted = rollout_kl
+        count = updates = 0
+        accepted = rollout_kl
+        snapshot = None
         stopped = False
         self.model.train()
         for _ in range(config.ppo_epochs):
@@ -338,23 +363,24 @@ class PPORun:
             order = torch.randperm(rows, generator=generator)
             for start in range(0, rows, config.train.batch_size):
                 index = order[start : start + config.train.batch_size].to(batch.input_ids.device)
-                part = batch.select(index)
-                width = part.response_ids.shape[1]
-                mask = part.response_mask.float()
-                cached = None
-                if rollout["cache"] is not None:  # the frozen layers' output for these rows, as scored
-                    first, cut, _ = batch.columns(index)
-                    cached = {k: v[index][:, first:cut] for k, v in rollout["cache"].items()}
+                checked = guard and count % ga == 0
                 with self.accelerator.accumulate(self.model):
-                    logits, values = self.model(part.input_ids, part.attention_mask, part.position_ids, width, cached)
-                    logprobs = token_logprobs(logits, part.response_ids, config.sampling.temperature)
-                    stopped, predicted = self._guard_stops(count, rollout_kl, predicted, logprobs, index, rollout,
-                                                           mask)
-                    if stopped:
-                        # accumulate() counted this micro-batch on entry: uncount it, so that the next step's
-                        # accumulation cycles start in phase
-                        self.accelerator.step -= 1
-                        break
+                    logits, values, logprobs, part = self._minibatch_logprobs(rollout, index)
+                    width = part.response_ids.shape[1]
+                    mask = part.response_mask.float()
+                    if checked and snapshot is not None:
+                        predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, mask)
+                        if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard):
+                            self._undo(snapshot)
+                            updates -= 1
+                            stopped = True
+                            # accumulate() counted this micro-batch on entry: uncount it, so that the next step's
+                            # accumulation cycles start in phase
+                            self.accelerator.step -= 1
+                            break
+                        accepted = predicted
+                    if checked:
+                        snapshot = self._snapshot()
                     pg_loss, pg_stats = ppo_math.policy_loss(
                         logprobs, rollout["logprobs"][index, :width], targets["advantages"][index, :width], mask,
                         config.cliprange)
@@ -377,15 +403,25 @@ class PPORun:
                     self.optimizer.zero_grad()
                 if self.accelerator.sync_gradients:
                     self.scheduler.step()
+                    updates += 1
                 stats = {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": entropy.item(),
                          **{k: v.item() for k, v in {**pg_stats, **vf_stats}.items()}}
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
-        ga = config.train.gradient_accumulation_steps
-        stats = {**{key: value / count for key, value in totals.items()}, "updates": count // ga}
-        if config.kl.guard is not None:
-            stats["kl_predicted"] = predicted
+        if guard and not stopped and snapshot is not None:  # the step's last update, checked on its first rows
+            index = order[: config.train.batch_size].to(batch.input_ids.device)
+            with torch.no_grad():
+                _, _, logprobs, part = self._minibatch_logprobs(rollout, index)
+            predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, part.response_mask.float())
+            if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard):
+                self._undo(snapshot)
+                updates -= 1
+            else:
+                accepted = predicted
+        stats = {**{key: value / count for key, value in totals.items()}, "updates": updates}
+        if guard:
+            stats["kl_predicted"] = accepted
         return stats
 
     def _diverged(self, what: str) -> TrainingDiverged:

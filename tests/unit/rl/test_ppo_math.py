@@ -203,3 +203,16 @@ def test_kl_drift_is_the_exact_change_of_kl_for_one_token_responses():
     drift = pm.kl_drift(new[:, None], old[:, None], ref[:, None], torch.ones(4, 1))
     expected = (new.exp() * (new - ref)).sum() - (old.exp() * (old - ref)).sum()
     close((old.exp() * drift).sum(), expected)
+
+
+def test_leaves_band_refuses_only_moves_out_of_the_band():
+    """Band [4 / 1.25, 1.25 x 4] = [3.2, 5.0]."""
+    def leaves(predicted, rollout):
+        return pm.leaves_band(predicted, rollout, 4.0, 1.25)
+
+    assert not leaves(4.9, 4.0) and not leaves(3.3, 4.0), "inside the band anything goes"
+    assert leaves(5.1, 4.0), "carried above the band"
+    assert leaves(3.1, 4.0) and leaves(3.1, 5.5), "carried below the band from inside or from above"
+    assert leaves(6.1, 6.0) and not leaves(5.9, 6.0) and not leaves(4.0, 6.0), "above it: only further up is refused"
+    assert not leaves(0.0, 1.0) and not leaves(-0.1, 0.0) and not leaves(2.0, 1.0), \
+        "below it (the warm-up) nothing is refused"
