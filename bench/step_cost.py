@@ -110,19 +110,19 @@ def main() -> int:
             sampling_s = sum(r["generate_time_s"] for r in logged) / len(logged)
             prompt = prompt_length(config, runs / config.from_[0])
             response = config.sampling.max_new_tokens
-            kwargs = {"batch": config.rollout_batch_size, "prompt": prompt, "response": response, "lora_rank": rank,
-                      "policy_layers": policy_layers, "value_layers": value_layers, "reward_layers": reward_layers,
-                      "epochs": config.ppo_epochs}
-            cost = flops.ppo_step(shape, share_trunk=config.share_trunk, **kwargs)
-            unshared = flops.ppo_step(shape, share_trunk=False, **kwargs)
+            policy, value, reward = (flops.Lora.top(shape, layers, rank)
+                                     for layers in (policy_layers, value_layers, reward_layers))
+            models = (shape, config.rollout_batch_size, prompt, response, policy, value)
+            unshared = flops.ppo_training(*models, config.ppo_epochs)
+            cost = flops.ppo_training_shared(*models, reward, config.ppo_epochs) if config.share_trunk else unshared
             tokens = config.rollout_batch_size * (prompt + response)
         else:
             rank, trained = lora_shape(config.lora, shape.layers)
             seconds, tokens, _ = trainer_step(folder)
             sequences = config.train.batch_size * (1 if config.kind == "sft" else 2)
             keys = tokens / sequences
-            step = {"sft": flops.sft_step, "reward": flops.reward_step, "dpo": flops.dpo_step}[config.kind]
-            cost = step(shape, tokens, keys, rank, trained)
+            step = {"sft": flops.lm_training, "reward": flops.score_training, "dpo": flops.dpo_training}[config.kind]
+            cost = step(shape, tokens, keys, flops.Lora.top(shape, trained, rank))
             sampling_s = unshared = None
         total = sum(cost.values())
         rows.append({"stage": name, "kind": config.kind, "tokens_per_step": tokens, "seconds_per_step": seconds,

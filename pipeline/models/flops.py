@@ -172,17 +172,13 @@ def score_head(shape: Shape, positions: float) -> float:
     return 2 * shape.hidden * positions
 
 
-def stack_forward(shape: Shape, layers: int, tokens: float, keys: float, lora_layers: int = 0,
-                  lora_rank: int = 0) -> float:
-    """``layers`` decoder layers, the top ``lora_layers`` of them with a LoRA on every linear layer (the part of the
-    stack a PPO model runs on its own when the layers below are shared)."""
-    plain = layer_forward(shape, tokens, keys) * (layers - lora_layers)
-    return plain + layer_forward(shape, tokens, keys, lora_rank) * lora_layers
-
-
-def layers_forward(shape: Shape, tokens: float, keys: float, lora: Lora | None = None) -> float:
-    """Every decoder layer, with ``lora``'s adapter where it has one (None: no adapter, as in full fine-tuning)."""
-    kinds = Counter(lora.at(index) if lora else (0, ()) for index in range(shape.layers))
+def layers_forward(shape: Shape, tokens: float, keys: float, lora: Lora | None = None,
+                   layers: Iterable[int] | None = None) -> float:
+    """The decoder layers ``layers`` (0-based; default: every one; a layer counts as often as it is listed), with
+    ``lora``'s adapter where it has one (None: no adapter, as in full fine-tuning). Fewer than every layer: the part
+    of the stack a PPO model runs on its own when the layers below are shared (ppo_training_shared)."""
+    indices = range(shape.layers) if layers is None else layers
+    kinds = Counter(lora.at(index) if lora else (0, ()) for index in indices)
     return sum(layer_forward(shape, tokens, keys, rank, targets) * count for (rank, targets), count in kinds.items())
 
 
@@ -197,11 +193,6 @@ def layers_backward(shape: Shape, tokens: float, keys: float, lora: Lora | None)
     kinds = Counter((*lora.at(index), index == lora.lowest) for index in range(lora.lowest, shape.layers))
     return sum(layer_backward(shape, tokens, keys, rank, lowest, targets) * count
                for (rank, targets, lowest), count in kinds.items())
-
-
-def stack_backward(shape: Shape, trained_layers: int, tokens: float, keys: float, lora_rank: int) -> float:
-    """Backward through the top ``trained_layers`` layers, each with a LoRA on every linear layer."""
-    return layers_backward(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
 
 
 def lm_forward(shape: Shape, tokens: float, keys: float, positions: float | None = None,
@@ -244,23 +235,6 @@ def dpo_training(shape: Shape, tokens: float, keys: float, lora: Lora | None,
     return cost
 
 
-def sft_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int) -> Counter:
-    """One optimizer step of causal-LM training on ``tokens`` tokens, LoRA on the top ``trained_layers`` layers."""
-    return lm_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
-
-
-def reward_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int) -> Counter:
-    """One step of pairwise reward training on ``tokens`` tokens (chosen and rejected together), LoRA on the top
-    ``trained_layers`` layers."""
-    return score_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank))
-
-
-def dpo_step(shape: Shape, tokens: float, keys: float, lora_rank: int, trained_layers: int,
-             reference_precomputed: bool = False) -> Counter:
-    """One DPO step on ``tokens`` tokens (chosen and rejected), LoRA on the top ``trained_layers`` layers."""
-    return dpo_training(shape, tokens, keys, Lora.top(shape, trained_layers, lora_rank), reference_precomputed)
-
-
 def sampling(shape: Shape, batch: int, prompt: float, response: float, lora: Lora | None = None) -> Counter:
     """Sampling ``response`` tokens for each of ``batch`` prompts of ``prompt`` tokens with a KV cache: the prefill
     (its last logits give the first token), then one token a step over the growing keys. A mean ``response`` length
@@ -275,10 +249,10 @@ def sampling(shape: Shape, batch: int, prompt: float, response: float, lora: Lor
 
 def ppo_training(shape: Shape, batch: int, prompt: float, response: float, policy: Lora | None, value: Lora | None,
                  epochs: int) -> Counter:
-    """One PPO step without trunk sharing, for any policy and value training (None: every weight): sample ``batch``
-    responses of ``response`` tokens to prompts of ``prompt`` tokens, score them with policy, reference (the adapter
-    off, or a frozen copy), value and reward model, each through every layer, and run ``epochs`` passes of policy and
-    value training."""
+    """One PPO step without trunk sharing (ppo_training_shared counts it with), for any policy and value training
+    (None: every weight): sample ``batch`` responses of ``response`` tokens to prompts of ``prompt`` tokens, score
+    them with policy, reference (the adapter off, or a frozen copy), value and reward model, each through every layer,
+    and run ``epochs`` passes of policy and value training."""
     tokens, keys = batch * (prompt + response), prompt + response
     positions = batch * (response + 1)  # the LM head runs on the response positions only (logits_to_keep)
     cost = sampling(shape, batch, prompt, response, policy)
@@ -294,34 +268,41 @@ def ppo_training(shape: Shape, batch: int, prompt: float, response: float, polic
     return cost
 
 
-def ppo_step(shape: Shape, batch: int, prompt: float, response: float, lora_rank: int, policy_layers: int,
-             value_layers: int, reward_layers: int, epochs: int, share_trunk: bool) -> Counter:
-    """One PPO step: sample ``batch`` responses of ``response`` tokens to prompts of ``prompt`` tokens, score them
-    with policy, reference, value and reward model, and run ``epochs`` passes of policy and value training.
+def trained_from(shape: Shape, lora: Lora | None) -> int:
+    """The lowest layer a model trained with ``lora`` trains (None: every weight, 0; an adapter on no layer: the layer
+    count): below it nothing changes during a PPO step."""
+    if lora is None:
+        return 0
+    return lora.lowest if lora.layers else shape.layers
 
-    The policy has LoRA on its top ``policy_layers`` layers (the reference is it with the adapter off), the value model
-    on the top ``value_layers`` of a reward model that was itself trained on its top ``reward_layers``. With
-    ``share_trunk`` the layers the models have in common run once and the frozen layers' output is kept for the
-    epochs (stages/ppo/trunk.py); without it every model runs every layer, in scoring and in every epoch."""
-    policy, value = Lora.top(shape, policy_layers, lora_rank), Lora.top(shape, value_layers, lora_rank)
-    if not share_trunk:
-        return ppo_training(shape, batch, prompt, response, policy, value, epochs)
+
+def ppo_training_shared(shape: Shape, batch: int, prompt: float, response: float, policy: Lora | None,
+                        value: Lora | None, reward: Lora | None, epochs: int) -> Counter:
+    """One PPO step with trunk sharing (stages/ppo/trunk.py), otherwise what ppo_training counts. The value model is
+    the reward model, trained with ``reward``, plus ``value``'s adapter. Below each model's lowest trained layer
+    (trained_from) nothing changes during the step, so in scoring the layers the policy, its reference and the value
+    model have in common (below all three models' lowest trained layers) run once, the policy's other frozen layers
+    once for it and its reference, the value model's once for it and the reward model; each model then runs its own
+    layers from its lowest trained one up, and the PPO epochs run only those of the policy and the value model, on the
+    hidden states kept there. Sampling, the heads and the backward (which stops at the lowest trained layer anyway)
+    are what they are without sharing. A policy that trains every weight has a separate reference copy, and sharing
+    is off: ppo_training's count."""
+    cost = ppo_training(shape, batch, prompt, response, policy, value, epochs)
+    if policy is None:
+        return cost
     n = shape.layers
     tokens, keys = batch * (prompt + response), prompt + response
     positions = batch * (response + 1)  # the LM head runs on the response positions only (logits_to_keep)
-    cost = sampling(shape, batch, prompt, response, policy)
-    common = n - max(policy_layers, value_layers, reward_layers)
-    own = (n - policy_layers - common) + (n - value_layers - common)  # shared by policy/reference, value/reward
-    cost["scoring: layers"] = stack_forward(shape, common + own, tokens, keys) \
-        + stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) \
-        + stack_forward(shape, policy_layers, tokens, keys) \
-        + stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank) \
-        + stack_forward(shape, value_layers, tokens, keys)
-    cost["scoring: heads"] = 2 * head(shape, positions) + 2 * score_head(shape, tokens)
-    epoch_forward = stack_forward(shape, policy_layers, tokens, keys, policy_layers, lora_rank) + \
-        stack_forward(shape, value_layers, tokens, keys, value_layers, lora_rank)
-    cost["epochs: forward"] = epochs * (epoch_forward + head(shape, positions) + score_head(shape, tokens))
-    cost["epochs: backward"] = epochs * (stack_backward(shape, policy_layers, tokens, keys, lora_rank)
-                                         + stack_backward(shape, value_layers, tokens, keys, lora_rank)
-                                         + head(shape, positions))
+    policy_from, value_from = trained_from(shape, policy), trained_from(shape, value)
+    common = min(policy_from, value_from, trained_from(shape, reward))
+    frozen = [*range(common), *range(common, policy_from), *range(common, value_from)]  # each run once
+    policy_own, value_own = range(policy_from, n), range(value_from, n)
+    cost["scoring: layers"] = layers_forward(shape, tokens, keys, layers=frozen) \
+        + layers_forward(shape, tokens, keys, policy, policy_own) \
+        + layers_forward(shape, tokens, keys, layers=policy_own) \
+        + layers_forward(shape, tokens, keys, value, value_own) \
+        + layers_forward(shape, tokens, keys, layers=value_own)
+    cost["epochs: forward"] = epochs * (layers_forward(shape, tokens, keys, policy, policy_own)
+                                        + layers_forward(shape, tokens, keys, value, value_own)
+                                        + head(shape, positions) + score_head(shape, tokens))
     return cost

@@ -10,15 +10,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pipeline.models.flops import (
     Lora,
     Shape,
-    dpo_step,
+    dpo_training,
     head,
+    layer_forward,
+    layers_backward,
+    layers_forward,
     lm_training,
-    ppo_step,
     ppo_training,
+    ppo_training_shared,
     sampling,
-    sft_step,
-    stack_backward,
-    stack_forward,
 )
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -46,7 +46,7 @@ def test_forward_of_the_plain_model(config):
     shape = Shape.of(config)
     with torch.no_grad():
         got = counted(lambda: model(ids))
-    assert got == stack_forward(shape, 4, BATCH * SEQ, SEQ) + head(shape, BATCH * SEQ)
+    assert got == layers_forward(shape, BATCH * SEQ, SEQ) + head(shape, BATCH * SEQ)
 
 
 @pytest.mark.parametrize("layers,rank", [([3], 4), ([2, 3], 4), ([0, 1, 2, 3], 8)])
@@ -61,10 +61,12 @@ def test_forward_and_backward_with_lora_on_the_top_layers(config, layers, rank):
     out = {}
     forward = counted(lambda: out.setdefault("loss", model(ids).logits.sum()))
     backward = counted(lambda: out["loss"].backward())
-    step = sft_step(shape, BATCH * SEQ, SEQ, rank, len(layers))
+    lora = Lora.top(shape, len(layers), rank)
+    assert lora.layers == tuple(layers)
+    step = lm_training(shape, BATCH * SEQ, SEQ, lora)
     assert forward == step["forward: layers"] + step["forward: LM head"]
     assert backward == step["backward: layers"] + step["backward: LM head"]
-    assert stack_backward(shape, 0, BATCH * SEQ, SEQ, rank) == 0
+    assert layers_backward(shape, BATCH * SEQ, SEQ, Lora.top(shape, 0, rank)) == 0
 
 
 def forward_and_backward(model, ids) -> tuple[int, int]:
@@ -116,7 +118,8 @@ def test_lora_settings_and_the_top_layers_agree():
     assert Lora.of(shape, {"r": 16, "layers": list(range(-8, 0))}) == Lora.top(shape, 8, 16)
     assert Lora.of(shape, None) is None
     assert Lora.of(shape, {"target_modules": ["v_proj", "q_proj"]}).layers == tuple(range(30))
-    assert sft_step(shape, 1000, 60, 16, 8) == lm_training(shape, 1000, 60, Lora.top(shape, 8, 16))
+    assert lm_training(shape, 1000, 60, Lora.of(shape, {"r": 16, "layers": [22, 23, 24, 25, 26, 27, 28, 29]})) \
+        == lm_training(shape, 1000, 60, Lora.top(shape, 8, 16))
     with pytest.raises(ValueError, match="lm_head"):
         Lora.of(shape, {"target_modules": ["q_proj", "lm_head"]})
     with pytest.raises(ValueError, match="30 layers"):
@@ -125,14 +128,14 @@ def test_lora_settings_and_the_top_layers_agree():
 
 def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     shape = Shape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, vocab=49152)
-    with_reference = dpo_step(shape, 1000, 60, 16, 8)
-    precomputed = dpo_step(shape, 1000, 60, 16, 8, reference_precomputed=True)
-    assert with_reference["reference forward"] == stack_forward(shape, 30, 1000, 60) + head(shape, 1000)
+    with_reference = dpo_training(shape, 1000, 60, Lora.top(shape, 8, 16))
+    precomputed = dpo_training(shape, 1000, 60, Lora.top(shape, 8, 16), reference_precomputed=True)
+    assert with_reference["reference forward"] == layers_forward(shape, 1000, 60) + head(shape, 1000)
     assert "reference forward" not in precomputed
-    kwargs = {"batch": 32, "prompt": 44, "response": 32, "lora_rank": 16, "policy_layers": 8, "value_layers": 8,
-              "reward_layers": 16, "epochs": 2}
-    shared, unshared = ppo_step(shape, share_trunk=True, **kwargs), ppo_step(shape, share_trunk=False, **kwargs)
-    layer = stack_forward(shape, 1, 32 * 76, 76)
+    policy, value, reward = Lora.top(shape, 8, 16), Lora.top(shape, 8, 16), Lora.top(shape, 16, 16)
+    models = (shape, 32, 44, 32, policy, value)
+    shared, unshared = ppo_training_shared(*models, reward, epochs=2), ppo_training(*models, epochs=2)
+    layer = layer_forward(shape, 32 * 76, 76)
     # scoring: 62 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both)
     assert unshared["scoring: layers"] - shared["scoring: layers"] == pytest.approx(58 * layer)
     assert unshared["epochs: forward"] - shared["epochs: forward"] == pytest.approx(2 * 2 * 22 * layer)
@@ -142,6 +145,8 @@ def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     full = ppo_training(shape, 32, 44, 32, None, Lora.top(shape, 8, 16), epochs=2)
     assert full["scoring: heads"] == unshared["scoring: heads"]
     assert full["epochs: backward"] > unshared["epochs: backward"] + 2 * head(shape, 32 * 33)
+    # ... and its reference is a separate copy: trunk sharing is off
+    assert ppo_training_shared(shape, 32, 44, 32, None, value, reward, epochs=2) == full
 
 
 def test_sampling_a_mean_response_length_counts_its_fraction_of_a_step():
