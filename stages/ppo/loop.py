@@ -130,6 +130,11 @@ class PPORun:
             self.accelerator.init_trackers(trackers["run_name"] if "tensorboard" not in config.train.report_to
                                            else ".", config={"stage": ctx.name, "fingerprint": ctx.fingerprint})
         self._fill_deepspeed_config()
+        if config.kl.guard is not None and uses_deepspeed(self.accelerator):
+            raise PipelineError(
+                f"stage '{ctx.name}': kl.guard undoes an update by restoring the trainable weights and optimizer "
+                "state, which DeepSpeed partitions across processes; run this stage without DeepSpeed, or drop "
+                "kl.guard")
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.errors import RecipeError
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.graph.plan import make_plan
 from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
@@ -258,3 +258,11 @@ def test_an_undone_update_leaves_no_trace(out, monkeypatch):
     assert all(abs(s["kl"]) < 1e-6 for s in steps), steps
     adapter = load_file(out / "ppo" / "adapter_model.safetensors")
     assert all(adapter[key].abs().max().item() == 0 for key in adapter if "lora_B" in key)
+
+
+def test_kl_guard_is_refused_under_deepspeed(out, monkeypatch):
+    from stages.ppo import loop as ppo_module
+
+    monkeypatch.setattr(ppo_module, "uses_deepspeed", lambda accelerator: True)
+    with pytest.raises(PipelineError, match="kl.guard undoes an update .* DeepSpeed partitions"):
+        run_plan(plan_for(out, "stages.ppo.train.max_steps=1", "stages.ppo.kl={target: 4.0, guard: 1.2}"))
