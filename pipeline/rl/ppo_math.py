@@ -86,12 +86,12 @@ def kl_drift(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: t
     return ((now - (old_logprobs - ref_logprobs)) * mask).sum(-1)
 
 
-def leaves_band(predicted: float, rollout_kl: float, target: float, guard: float) -> bool:
+def leaves_band(predicted: float, rollout_kl: float, target: float, guard: float, reached: bool = True) -> bool:
     """Whether an update carried the KL out of the band [target / guard, guard x target]: above it, or further
-    above than the step's rollout measured it; or below it from a rollout inside or above it. A rollout below the
-    band is not held back (the warm-up, or a controller lowering the coefficient): there no update is refused."""
+    above than the step's rollout measured it; below it, or further below than the rollout. Until the KL has first
+    reached the band (``reached``: the warm-up from the reference) nothing below it is refused."""
     upper, lower = guard * target, target / guard
-    return predicted > max(upper, rollout_kl) or predicted < lower <= rollout_kl
+    return predicted > max(upper, rollout_kl) or (reached and predicted < min(lower, rollout_kl))
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float

@@ -162,6 +162,8 @@ class PPORun:
 
         kl = config.kl
         self.kl_controller = ppo_math.kl_controller(kl.coef, kl.target, kl.controller, kl.horizon, kl.kp, kl.ki)
+        self.kl_band_reached = False
+        """kl.guard: whether a rollout's KL has reached the band yet (until then nothing below it is held back)."""
         self.score_moments = ppo_math.RunningMoments()
         self.step = 0
         self.history: list[dict] = []
@@ -352,6 +354,8 @@ class PPORun:
         config = self.config
         kl = config.kl
         guard = kl.guard is not None
+        if guard and rollout_kl >= kl.target / kl.guard:
+            self.kl_band_reached = True
         ga = config.train.gradient_accumulation_steps
         batch: Rollout = rollout["batch"]
         rows = batch.input_ids.shape[0]
@@ -375,7 +379,7 @@ class PPORun:
                     mask = part.response_mask.float()
                     if checked and snapshot is not None:
                         predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, mask)
-                        if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard):
+                        if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard, self.kl_band_reached):
                             self._undo(snapshot)
                             updates -= 1
                             stopped = True
@@ -419,7 +423,7 @@ class PPORun:
             with torch.no_grad():
                 _, _, logprobs, part = self._minibatch_logprobs(rollout, index)
             predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, part.response_mask.float())
-            if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard):
+            if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard, self.kl_band_reached):
                 self._undo(snapshot)
                 updates -= 1
             else:
@@ -490,6 +494,7 @@ class PPORun:
 
     def _state(self) -> dict:
         return {"step": self.step, "kl_controller": self.kl_controller.state_dict(),
+                "kl_band_reached": self.kl_band_reached,
                 "score_moments": self.score_moments.state_dict(), "history": self.history, "samples": self.samples,
                 "scheduler": self.scheduler.state_dict()}
 
@@ -501,6 +506,7 @@ class PPORun:
         if self.accelerator.is_main_process:
             live_log_resumed_at(self.ctx, self.step)
         self.kl_controller.load_state_dict(state["kl_controller"])
+        self.kl_band_reached = state.get("kl_band_reached", False)
         self.score_moments.load_state_dict(state["score_moments"])
         self.history, self.samples = state["history"], state["samples"]
         self.scheduler.load_state_dict(state["scheduler"])

@@ -235,9 +235,11 @@ def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
     run_plan(plan_for(out, *settings, kl % ", guard: 1.2"))  # a new variant: out/ppo then points to it
     guarded = history(out / "ppo")
     upper, lower = 1.2 * 4.0, 4.0 / 1.2
-    for step in guarded:  # what the guard kept never carried the predicted KL out of the band
+    reached = next(i for i, step in enumerate(guarded) if step["kl"] >= lower)
+    for i, step in enumerate(guarded):  # what the guard kept never carried the predicted KL out of the band
         assert step["kl_predicted"] <= max(upper, step["kl"]) + 1e-6, step
-        assert step["kl"] < lower or step["kl_predicted"] >= lower - 1e-6, step
+        if i >= reached:
+            assert step["kl_predicted"] >= min(lower, step["kl"]) - 1e-6, step
     assert any(s["updates"] == 0 for s in guarded), "even a step's first update is undone when it leaves the band"
     assert any(s["updates"] == 8 for s in guarded), "below the band nothing is held back"
     free_max, guarded_max = max(s["kl"] for s in free), max(s["kl"] for s in guarded)

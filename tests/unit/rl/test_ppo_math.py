@@ -207,12 +207,14 @@ def test_kl_drift_is_the_exact_change_of_kl_for_one_token_responses():
 
 def test_leaves_band_refuses_only_moves_out_of_the_band():
     """Band [4 / 1.25, 1.25 x 4] = [3.2, 5.0]."""
-    def leaves(predicted, rollout):
-        return pm.leaves_band(predicted, rollout, 4.0, 1.25)
+    def leaves(predicted, rollout, reached=True):
+        return pm.leaves_band(predicted, rollout, 4.0, 1.25, reached)
 
     assert not leaves(4.9, 4.0) and not leaves(3.3, 4.0), "inside the band anything goes"
-    assert leaves(5.1, 4.0), "carried above the band"
-    assert leaves(3.1, 4.0) and leaves(3.1, 5.5), "carried below the band from inside or from above"
+    assert leaves(5.1, 4.0) and leaves(3.1, 4.0), "carried out of the band, above or below"
     assert leaves(6.1, 6.0) and not leaves(5.9, 6.0) and not leaves(4.0, 6.0), "above it: only further up is refused"
-    assert not leaves(0.0, 1.0) and not leaves(-0.1, 0.0) and not leaves(2.0, 1.0), \
-        "below it (the warm-up) nothing is refused"
+    assert leaves(3.1, 5.5), "from above to below the band"
+    assert leaves(1.9, 2.0) and not leaves(2.1, 2.0) and not leaves(4.5, 2.0), \
+        "below it: only further down is refused"
+    assert not leaves(-0.1, 0.0, reached=False) and not leaves(3.1, 4.0, reached=False) and leaves(5.1, 4.0, False), \
+        "until the KL has first reached the band, nothing below it is refused"
