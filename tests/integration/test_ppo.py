@@ -118,7 +118,9 @@ def test_lora_policy_reference_is_the_sft_policy_with_the_adapter_off(out):
 def test_interrupted_run_resumes_to_the_same_steps(out, tmp_path, monkeypatch):
     from stages.ppo import loop as ppo_module
 
-    settings = ("stages.ppo.train.max_steps=4", "stages.ppo.train.save_steps=2", "stages.ppo.train.logging_steps=1")
+    # with the PI controller and kl.guard (target 0.5: reached by step 2), whose state the checkpoint must carry
+    settings = ("stages.ppo.train.max_steps=4", "stages.ppo.train.save_steps=2", "stages.ppo.train.logging_steps=1",
+                "stages.ppo.kl={coef: 0.05, target: 0.5, controller: pi, guard: 1.2}")
     clean = tmp_path / "clean"
     shutil.copytree(out, clean)
     run_plan(plan_for(clean, *settings))
@@ -141,7 +143,7 @@ def test_interrupted_run_resumes_to_the_same_steps(out, tmp_path, monkeypatch):
     resumed, uninterrupted = history(out / "ppo"), history(clean / "ppo")
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]
     for a, b in zip(resumed, uninterrupted):
-        for key in ("score", "kl", "pg_loss", "vf_loss", "kl_coef", "response_length"):
+        for key in ("score", "kl", "pg_loss", "vf_loss", "kl_coef", "response_length", "updates", "kl_predicted"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
     a, b = load_file(out / "ppo" / "model.safetensors"), load_file(clean / "ppo" / "model.safetensors")
     for key in a:
