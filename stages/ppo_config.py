@@ -40,13 +40,13 @@ class KLSettings(Strict):
     guard: float | None = Field(None, gt=1)
     """With a target: hold the policy's KL to the reference inside the band [target / guard, guard x target]. Each
     optimizer update of a PPO step is checked once it has run, on the step's rollout (the KL predicted by
-    importance weighting); one that carried the KL above the band (or further above than the rollout measured
-    it), or below it from inside, is undone (weights and optimizer state restored) and the step's remaining
-    updates are dropped; below the band (the warm-up) nothing is held back. A controller acts on the KL the next
-    rollout measures, after the policy has moved; the guard acts inside the step (the policy's sudden jumps toward
-    what the reward model likes are faster than any controller of the coefficient), and the controller's
-    coefficient decides how much reward the updates that stay in the band can still gain. Costs one extra
-    forward pass of a minibatch a step. None: every update is kept."""
+    importance weighting); one that carried the KL above the band or further above than the rollout measured it
+    (or, once the KL has first reached the band, below it or further below) is undone for the policy (its weights
+    and their optimizer state restored; the value model's half of the update stands) and the step's remaining
+    updates are dropped. A controller acts on the KL the next rollout measures, after the policy has moved; the
+    guard acts inside the step (the policy's sudden jumps toward what the reward model likes are faster than any
+    controller of the coefficient), and the controller's coefficient decides how much reward the updates that stay
+    in the band can still gain. Costs one extra forward pass of a minibatch a step. None: every update is kept."""
 
     @model_validator(mode="after")
     def _controller_settings_used(self):

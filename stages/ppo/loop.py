@@ -143,6 +143,7 @@ class PPORun:
             log.info("[%s] %s", ctx.name, describe_trunk(trunk))
         model = PolicyAndValue(policy, value, trunk)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.policy_parameters = [p for p in model.policy.parameters() if p.requires_grad]
         optimizer = make_optimizer(config, self.parameters)
         self.updates_per_step = config.ppo_epochs * (config.rollout_batch_size // self._minibatch)
         self.total_steps = self._total_steps()
@@ -329,18 +330,20 @@ class PPORun:
                                   rollout["ref_logprobs"][index, :width], mask)
         return rollout_kl + self._mean(drift.mean())
 
-    def _snapshot(self) -> tuple:
-        """The trainable weights, optimizer and scheduler state before an update, so that kl.guard can undo it."""
-        return ([p.detach().clone() for p in self.parameters], copy.deepcopy(self.optimizer.state_dict()),
-                self.scheduler.state_dict())
+    def _snapshot(self) -> list[tuple]:
+        """The policy's trainable weights and their optimizer state before an update, so that kl.guard can undo the
+        policy's half of it. The value model's half stands: it does not move the KL, and a value model frozen
+        with the policy would keep the advantages that made the refused update (a run could then refuse every
+        update from there on, as one on rlhf.yaml did for its last 14 steps)."""
+        state = self.optimizer.optimizer.state if hasattr(self.optimizer, "optimizer") else self.optimizer.state
+        return [(p, p.detach().clone(), copy.deepcopy(state.get(p, {}))) for p in self.policy_parameters]
 
-    def _undo(self, snapshot: tuple) -> None:
-        weights, optimizer, scheduler = snapshot
+    def _undo(self, snapshot: list[tuple]) -> None:
+        state = self.optimizer.optimizer.state if hasattr(self.optimizer, "optimizer") else self.optimizer.state
         with torch.no_grad():
-            for parameter, saved in zip(self.parameters, weights):
-                parameter.copy_(saved)
-        self.optimizer.load_state_dict(optimizer)
-        self.scheduler.load_state_dict(scheduler)
+            for parameter, weights, saved in snapshot:
+                parameter.copy_(weights)
+                state[parameter] = saved
 
     def _train_on(self, rollout: dict, targets: dict, rollout_kl: float) -> dict:
         """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean of each training statistic,
