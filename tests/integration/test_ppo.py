@@ -250,10 +250,23 @@ def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
 
 def test_an_undone_update_leaves_no_trace(out, monkeypatch):
     """Every update refused (the band check patched to say so), with gradient accumulation over two micro-batches:
-    the policy never moves, so every rollout's KL is 0 and the adapter stays at its initial zero B matrices."""
+    the policy never moves, so every rollout's KL is 0 and the adapter stays at its initial zero B matrices; the
+    value model's half of each update stands (a value model frozen with the policy keeps the advantages that made
+    the refused update)."""
     from pipeline.rl import ppo_math
+    from stages.ppo import loop as ppo_module
 
     monkeypatch.setattr(ppo_math, "leaves_band", lambda *args: True)
+    weights = []
+    original = ppo_module.PPORun._train_on
+
+    def recording(self, *args):
+        stats = original(self, *args)
+        weights.append({name: torch.cat([p.detach().flatten().clone() for p in getattr(self.model, name).parameters()
+                                         if p.requires_grad]) for name in ("policy", "value")})
+        return stats
+
+    monkeypatch.setattr(ppo_module.PPORun, "_train_on", recording)
     run_plan(plan_for(out, *SHARED[:2], "stages.ppo.train.max_steps=3", "stages.ppo.train.logging_steps=1",
                       "stages.ppo.train.learning_rate=3e-2", "stages.ppo.train.batch_size=8",
                       "stages.ppo.train.gradient_accumulation_steps=2", "stages.ppo.kl={target: 4.0, guard: 1.2}"))
@@ -262,6 +275,9 @@ def test_an_undone_update_leaves_no_trace(out, monkeypatch):
     assert all(abs(s["kl"]) < 1e-6 for s in steps), steps
     adapter = load_file(out / "ppo" / "adapter_model.safetensors")
     assert all(adapter[key].abs().max().item() == 0 for key in adapter if "lora_B" in key)
+    assert len(weights) == 3
+    assert all(torch.equal(w["policy"], weights[0]["policy"]) for w in weights)
+    assert not torch.equal(weights[0]["value"], weights[-1]["value"]), "the value model kept learning"
 
 
 def test_kl_guard_is_refused_under_deepspeed(out, monkeypatch):
