@@ -335,15 +335,24 @@ class PPORun:
         policy's half of it. The value model's half stands: it does not move the KL, and a value model frozen
         with the policy would keep the advantages that made the refused update (a run could then refuse every
         update from there on, as one on rlhf.yaml did for its last 14 steps)."""
-        state = self.optimizer.optimizer.state if hasattr(self.optimizer, "optimizer") else self.optimizer.state
+        state = self.optimizer.state  # accelerate's wrapper passes the torch optimizer's through
         return [(p, p.detach().clone(), copy.deepcopy(state.get(p, {}))) for p in self.policy_parameters]
 
-    def _undo(self, snapshot: list[tuple]) -> None:
-        state = self.optimizer.optimizer.state if hasattr(self.optimizer, "optimizer") else self.optimizer.state
+    def _keeps_update(self, rollout: dict, rollout_kl: float, logprobs: torch.Tensor, index: torch.Tensor,
+                      mask: torch.Tensor, snapshot: list[tuple]) -> float | None:
+        """kl.guard's check of the last update, from the policy's log-probs of rows ``index`` since: the KL it
+        led to, or None after undoing it (the policy's weights and their optimizer state as in ``snapshot``) because
+        it left the band."""
+        kl = self.config.kl
+        predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, mask)
+        if not ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard, self.kl_band_reached):
+            return predicted
+        state = self.optimizer.state
         with torch.no_grad():
             for parameter, weights, saved in snapshot:
                 parameter.copy_(weights)
                 state[parameter] = saved
+        return None
 
     def _train_on(self, rollout: dict, targets: dict, rollout_kl: float) -> dict:
         """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean of each training statistic,
@@ -381,9 +390,8 @@ class PPORun:
                     width = part.response_ids.shape[1]
                     mask = part.response_mask.float()
                     if checked and snapshot is not None:
-                        predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, mask)
-                        if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard, self.kl_band_reached):
-                            self._undo(snapshot)
+                        predicted = self._keeps_update(rollout, rollout_kl, logprobs, index, mask, snapshot)
+                        if predicted is None:
                             updates -= 1
                             stopped = True
                             # accumulate() counted this micro-batch on entry: uncount it, so that the next step's
@@ -425,9 +433,8 @@ class PPORun:
             index = order[: config.train.batch_size].to(batch.input_ids.device)
             with torch.no_grad():
                 _, _, logprobs, part = self._minibatch_logprobs(rollout, index)
-            predicted = self._predicted_kl(rollout, rollout_kl, logprobs, index, part.response_mask.float())
-            if ppo_math.leaves_band(predicted, rollout_kl, kl.target, kl.guard, self.kl_band_reached):
-                self._undo(snapshot)
+            predicted = self._keeps_update(rollout, rollout_kl, logprobs, index, part.response_mask.float(), snapshot)
+            if predicted is None:
                 updates -= 1
             else:
                 accepted = predicted
