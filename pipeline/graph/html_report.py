@@ -17,9 +17,12 @@ from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
 CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
-          "kl_coef", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length",
+          "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length",
           "repetition_share")
 """Logged quantities drawn when a stage logged them (whatever its kind)."""
+KL_CURVES = ("kl", "kl_predicted")
+"""Drawn against the stage's KL target, when it has one, with the band of 20% either side."""
+TARGET_BAND = 0.2
 LABEL_KEYS = (("beta", "beta"), ("kl.target", "KL target"), ("kl.coef", "KL coef"), ("loss_type", "loss"),
               ("repetition_penalty", "repetition penalty"), ("num_generations", "G"), ("lora.r", "r"))
 
@@ -134,7 +137,24 @@ def frontier_png(points: list[dict]) -> bytes:
     return _png(fig)
 
 
-def curves_png(stage: str, history: list[dict]) -> bytes | None:
+def kl_target(config: dict) -> float | None:
+    """The KL a stage's controller holds (PPO's kl.target, GRPO/RLOO's beta_control.target), from the config its
+    manifest recorded; None when its KL is not controlled to a target."""
+    for key in ("kl.target", "beta_control.target"):
+        value = _get(config, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def curves_png(stage: str, history: list[dict], target: float | None = None) -> bytes | None:
+    """The stage's logged curves; with ``target`` (see ``kl_target``) its KL curves show the target and the band
+    20% either side, so that a reader sees whether the KL was held."""
+    fig = curves_figure(stage, history, target)
+    return None if fig is None else _png(fig)
+
+
+def curves_figure(stage: str, history: list[dict], target: float | None = None):
     keys = [k for k in CURVES if any(k in row and isinstance(row[k], (int, float)) for row in history)]
     if not keys:
         return None
@@ -146,6 +166,11 @@ def curves_png(stage: str, history: list[dict]) -> bytes | None:
         points = [(row.get("step"), row[key]) for row in history if isinstance(row.get(key), (int, float))
                   and row.get("step") is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        if target is not None and key in KL_CURVES:
+            ax.axhspan(target * (1 - TARGET_BAND), target * (1 + TARGET_BAND), color="tab:green", alpha=0.15,
+                       label=f"target {target:g} ±{TARGET_BAND:.0%}")
+            ax.axhline(target, color="tab:green", linestyle="--", linewidth=1)
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -153,7 +178,7 @@ def curves_png(stage: str, history: list[dict]) -> bytes | None:
         ax.axis("off")
     fig.suptitle(f"{stage}: training log", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _img(name: str, data: bytes, alt: str) -> str:
@@ -173,10 +198,11 @@ def render(plan: Plan, out: Path) -> Path:
     curves = []
     for stage in plan.stages:
         folder = shown_folder(plan, stage)
-        if Artifact.read(folder) is None or not (folder / LOG_HISTORY).is_file():
+        artifact = Artifact.read(folder)
+        if artifact is None or not (folder / LOG_HISTORY).is_file():
             continue
         history = json.loads((folder / LOG_HISTORY).read_text())
-        png = curves_png(stage.name, history)
+        png = curves_png(stage.name, history, kl_target(artifact.manifest.get("config") or {}))
         if png is not None:
             curves.append((f"{out.stem}-{stage.name}.png", png, f"{stage.name} ({stage.kind}) training curves"))
     images += curves
