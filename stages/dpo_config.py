@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings, preference_data_problems
-from pipeline.data.settings import DataSettings
+from pipeline.config.schema import LoraSettings, MemoryProfile, TrainSettings
+from pipeline.training.pairwise_config import PairwiseStageConfig
 
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
-class DPOStageConfig(StageConfig):
+class DPOStageConfig(PairwiseStageConfig):
     """The policy starts from the upstream policy; the frozen reference is that same policy: with LoRA, the
     weights with the new adapter disabled (one copy in memory); with full fine-tuning, an explicit frozen copy."""
 
     kind: Literal["dpo"] = "dpo"
-    data: DataSettings | None = None
-    """Preference data card; default: the pairs of the preferences stage named in `from`."""
     lora: LoraSettings | None = LoraSettings()
     """LoRA adapter settings; null trains every weight (and keeps a frozen copy as reference)."""
     train: TrainSettings = TrainSettings(learning_rate=5e-5)
@@ -44,28 +42,14 @@ class DPOStageConfig(StageConfig):
     """Also write merged full weights under merged/."""
 
     produces: ClassVar[str] = "policy"
-    accepts: ClassVar[dict[str, bool]] = {"policy": True, "preferences": False}
-
-    def input_problems(self, upstream: set[str]) -> list[str]:
-        return preference_data_problems(self.data, upstream)
-
-    def data_inputs(self) -> list[tuple[str, object, str]]:
-        return [("data", self.data, "preference")] if self.data else []
-
-    def input_files(self) -> list[Path]:
-        return self.data.files() if self.data else []
-
-    def trained_models(self) -> dict[str, LoraSettings | None]:
-        return {"lora": self.lora}
 
     def writes_merged(self) -> bool:
         return self.merge
 
     def memory_profile(self) -> MemoryProfile:
-        # chosen and rejected of each pair go through the model; an explicit reference is a second copy
+        # an explicit reference is a second copy of the weights
         copies = 2.0 if self.lora is None or self.reference == "copy" else 1.0
-        return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
-                             self.max_length, copies)
+        return replace(super().memory_profile(), weight_copies=copies)
 
 
 CONFIG = DPOStageConfig

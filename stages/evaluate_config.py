@@ -6,7 +6,6 @@ eval-<stage> for each policy stage; a recipe may also name `kind: evaluate` stag
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pipeline.config.schema import ExistingPath, StageConfig
@@ -39,9 +38,6 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     def judge_stages(self, names) -> list[str]:
         """The recipe stages that "reward:STAGE" judges read (they become upstreams of the node)."""
         return _judging_stages([self.judge, *self.judges], names)
-
-    def input_files(self) -> list[Path]:
-        return [self.prompts]
 
     @classmethod
     def nodes_from_section(cls, section, produced: dict[str, str], names: list[str]):

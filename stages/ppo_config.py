@@ -3,7 +3,6 @@ implementation on accelerate; TRL removed its PPOTrainer in 1.13)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -152,9 +151,6 @@ class PPOStageConfig(StageConfig):
 
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("prompts", self.prompts, "prompt")]
-
-    def input_files(self) -> list[Path]:
-        return [self.prompts]
 
     def trained_models(self) -> dict[str, LoraSettings | None]:
         return {"lora": self.lora, "value_lora": self.value_lora}

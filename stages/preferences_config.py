@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -56,9 +55,6 @@ class PreferencesStageConfig(StageConfig):
 
     def judge_specs(self) -> list[tuple[str, str]]:
         return [] if self.judge == "reward" else [("judge", self.judge)]
-
-    def input_files(self) -> list[Path]:
-        return [self.prompts]
 
 
 CONFIG = PreferencesStageConfig

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -35,9 +34,6 @@ class SFTStageConfig(StageConfig):
 
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("data", self.data, "chat")]
-
-    def input_files(self) -> list[Path]:
-        return self.data.files()
 
     def trained_models(self) -> dict[str, LoraSettings | None]:
         return {"lora": self.lora}

@@ -12,6 +12,7 @@ code never asks for a stage kind by name.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -95,9 +96,20 @@ class LoraSettings(Strict):
     Backpropagation then stops at the lowest adapted layer, which makes steps much cheaper on a CPU."""
 
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-            "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio", "swanlab": "swanlab"}
-"""Trackers `report_to` accepts, and the package each needs."""
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "dvclive", "trackio", "swanlab")
+"""Trackers `report_to` accepts; each needs the package of the same name."""
+
+
+def _known_name(what: str, name: str, known: Collection[str] | None, after: str) -> str:
+    """``name`` if it is among ``known`` (or ``known`` is None: the names could not be read, so nothing is checked),
+    else a ValueError with a did-you-mean; ``after`` ends the message, with {known} for the sorted names. One rule
+    for every name `train:` checks (trackers, schedulers, optimizers), so their messages read alike."""
+    if known is not None and name not in known:
+        from .problems import did_you_mean
+
+        raise ValueError(f"unknown {what} '{name}'{did_you_mean(name, known)}"
+                         + after.format(known=", ".join(sorted(known))))
+    return name
 
 
 class TrainSettings(Strict):
@@ -151,14 +163,9 @@ class TrainSettings(Strict):
         import importlib.util
 
         for name in names:
-            if name not in TRACKERS:
-                from .problems import did_you_mean
-
-                raise ValueError(f"unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; one of: "
-                                 f"{', '.join(sorted(TRACKERS))}")
-            if importlib.util.find_spec(TRACKERS[name]) is None:
-                raise ValueError(f"report_to: {name} needs the {TRACKERS[name]} package (pip install "
-                                 f"{TRACKERS[name]})")
+            _known_name("tracker", name, TRACKERS, "; one of: {known}")
+            if importlib.util.find_spec(name) is None:
+                raise ValueError(f"report_to: {name} needs the {name} package (pip install {name})")
         return names
 
     @field_validator("max_steps")
@@ -172,25 +179,16 @@ class TrainSettings(Strict):
     @classmethod
     def _known_scheduler(cls, name: str) -> str:
         from .library_names import scheduler_names
-        from .problems import did_you_mean
 
-        known = scheduler_names()
-        if known is not None and name not in known:
-            raise ValueError(f"unknown scheduler '{name}'{did_you_mean(name, known)}; transformers has: "
-                             f"{', '.join(sorted(known))}")
-        return name
+        return _known_name("scheduler", name, scheduler_names(), "; transformers has: {known}")
 
     @field_validator("optim")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
         from .library_names import optimizer_names
-        from .problems import did_you_mean
 
-        known = optimizer_names()
-        if known is not None and name not in known:
-            raise ValueError(f"unknown optimizer '{name}'{did_you_mean(name, known)} (transformers' names, e.g. "
-                             "adamw_torch, adamw_bnb_8bit, sgd, adafactor)")
-        return name
+        return _known_name("optimizer", name, optimizer_names(),
+                           " (transformers' names, e.g. adamw_torch, adamw_bnb_8bit, sgd, adafactor)")
 
     @field_validator("callbacks")
     @classmethod
@@ -268,8 +266,14 @@ class StageConfig(Strict):
         return {}, []
 
     def input_files(self) -> list[Path]:
-        """Local files whose contents the stage's output depends on (fingerprinted for caching)."""
-        return []
+        """Local files whose contents the stage's output depends on (fingerprinted for caching): by default the files
+        of its ``data_inputs``, so that a kind names its data once and none of it can be left out of the fingerprint.
+        Override only to add files that are not data inputs (keeping those)."""
+        files: list[Path] = []
+        for _, what, _ in self.data_inputs():
+            # a DataSettings (pipeline.data, a layer above this one) knows its files; a card is one Path
+            files += what.files() if hasattr(what, "files") else [Path(what)]
+        return files
 
     def setting_problems(self) -> list[tuple[str, str]]:
         """(key, message) for each setting in ``ignored_settings`` that the recipe sets."""
@@ -281,9 +285,10 @@ class StageConfig(Strict):
         return []
 
     def data_inputs(self) -> list[tuple[str, object, str]]:
-        """(key, what, kind) for each data input the stage reads from files: ``what`` is a DataSettings (``data:``)
-        or the Path of a card; ``kind`` is "chat" (SFT rows), "preference" or "prompt". Checked row by row before
-        any model is loaded (``validate`` and the start of ``run``)."""
+        """(key, what, kind) for each data input the stage reads from files: ``what`` is a DataSettings (``data:``;
+        its ``files()`` are fingerprinted) or the Path of a card; ``kind`` is "chat" (SFT rows), "preference",
+        "prompt" or "eval_prompt" (a card's eval split). Checked row by row before any model is loaded (``validate``
+        and the start of ``run``), and fingerprinted through ``input_files``."""
         return []
 
     def judge_specs(self) -> list[tuple[str, str]]:
@@ -329,12 +334,3 @@ def _explicitly_set(model: BaseModel, parts: list[str]) -> bool:
         return True
     child = getattr(model, head)
     return isinstance(child, BaseModel) and _explicitly_set(child, rest)
-
-
-def preference_data_problems(data, upstream: set[str]) -> list[str]:
-    """For stages that train on pairs: exactly one of `data:` or an upstream preferences stage."""
-    if data is None and "preferences" not in upstream:
-        return ["needs preference data: name a preferences stage in `from`, or set `data:` to a card"]
-    if data is not None and "preferences" in upstream:
-        return ["preference data given twice: both `data:` and a preferences stage in `from`"]
-    return []

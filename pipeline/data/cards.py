@@ -160,14 +160,22 @@ class DataCard(Strict):
 
     @model_validator(mode="after")
     def _fields_and_preset(self):
-        allowed = COLUMNS[self.format]
+        allowed = self.read_columns()
+        column = f"column of the {self.preset} preset" if self.preset else f"{self.format} column"
+        ours = "the preset's" if self.preset else "our"
         unknown = [k for k in self.fields if k not in allowed]
         if unknown:
             raise ValueError(
-                "; ".join(f"fields: '{k}' is not a {self.format} column{did_you_mean(k, allowed)}" for k in unknown)
-                + f" (the keys of fields are our column names: {', '.join(allowed)}; the values are the source's)"
+                "; ".join(f"fields: '{k}' is not a {column}{did_you_mean(k, allowed)}" for k in unknown)
+                + f" (the keys of fields are {ours} column names: {', '.join(allowed)}; the values are the source's)"
             )
         return self
+
+    def read_columns(self) -> tuple[str, ...]:
+        """The columns read from each source row, under the names `fields` maps: a preset's own (it reshapes them
+        into the format's afterwards), else the format's. Validating `fields` against anything else would refuse
+        real columns and let unread ones pass, silently ignored."""
+        return PRESET_COLUMNS[self.preset] if self.preset else COLUMNS[self.format]
 
     def input_files(self) -> list[Path]:
         """Local files the rows depend on (for fingerprinting); builder and hub sources are pinned by sha256."""
@@ -225,9 +233,8 @@ def _read_source(card: DataCard, where: str) -> tuple[list, str]:
 def _map_row(raw: Any, card: DataCard, origin: str, number: int) -> dict:
     if not isinstance(raw, dict):
         raise DataError(origin, f"must be an object, got {type(raw).__name__}", row=number)
-    wanted = PRESET_COLUMNS[card.preset] if card.preset else COLUMNS[card.format]
     row = {}
-    for column in wanted:
+    for column in card.read_columns():
         source_column = card.fields.get(column, column)
         if source_column not in raw:
             via = f" (read as '{column}' per fields)" if source_column != column else ""

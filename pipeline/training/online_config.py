@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, model_validator
@@ -103,9 +102,6 @@ class OnlineStageConfig(StageConfig):
 
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("prompts", self.prompts, "prompt")]
-
-    def input_files(self) -> list[Path]:
-        return [self.prompts]
 
     def sampling_kwargs(self) -> dict:
         """The keyword arguments of GRPOConfig / RLOOConfig these fields set."""

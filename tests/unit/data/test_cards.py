@@ -227,6 +227,28 @@ def test_a_preset_reads_one_preference_dataset_as_any_format(tmp_path, format, e
         materialise(card)  # the pair is checked whatever part of it the card keeps
 
 
+def test_a_preset_card_maps_the_columns_the_preset_reads(tmp_path):
+    """With a preset, `fields` renames the preset's source columns (chosen, rejected), whatever the card's format."""
+    data = write_jsonl(tmp_path / "hh.jsonl", [{"better": HH_ROW["chosen"], "worse": HH_ROW["rejected"]}])
+    card = load_card(make_card(tmp_path, source={"path": str(data)}, format="prompt", preset="hh",
+                               fields={"chosen": "better", "rejected": "worse"}))
+    assert materialise(card) == [{"prompt": HH_PROMPT}]
+
+
+def test_a_preset_card_refuses_fields_the_preset_does_not_read(tmp_path):
+    """`prompt` is a preference column but the hh preset never reads it: mapping it would be silently ignored."""
+    data = write_jsonl(tmp_path / "hh.jsonl", [{**HH_ROW, "question": "unused"}])
+    path = make_card(tmp_path, source={"path": str(data)}, format="preference", preset="hh",
+                     fields={"prompt": "question"})
+    with pytest.raises(RecipeError) as info:
+        load_card(path)
+    assert info.value.source == str(path)
+    [problem] = info.value.problems
+    assert "\n" not in str(problem)
+    assert str(problem).startswith("fields: 'prompt' is not a column of the hh preset (the keys of fields are the "
+                                   "preset's column names: chosen, rejected; the values are the source's)")
+
+
 def test_ultrafeedback_preset(tmp_path):
     user = {"role": "user", "content": "Name a colour."}
     rows = [{"prompt": "Name a colour.", "chosen": [user, {"role": "assistant", "content": "Blue."}],
