@@ -74,11 +74,7 @@ def load_policy(path: Path, dtype: str = "auto", trust_remote_code: bool = False
         return load_causal_lm(str(path), dtype, trust_remote_code)
     if info.merged:
         return load_causal_lm(str(path / info.merged), dtype, trust_remote_code)
-    base = info.base.resolve(path)
-    if (Path(base) / MANIFEST).exists():  # another stage's policy (artifacts of older versions chained this way)
-        base_model = load_policy(Path(base), dtype, trust_remote_code)
-    else:
-        base_model = load_causal_lm(base, dtype, trust_remote_code)
+    base_model = load_causal_lm(info.base.resolve(path), dtype, trust_remote_code)
     merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
     # peft froze the base weights to train the adapter; a loaded policy is trainable like any freshly loaded model
     return merged.requires_grad_(True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from ..artifacts.artifact import Artifact
@@ -36,9 +37,28 @@ def variant_dir(out_dir: Path, name: str, fingerprint: str) -> Path:
 
 
 class DamagedArtifact(PipelineError):
-    """A stored artifact's files changed after its stage wrote them."""
+    """Stored artifacts whose files changed after their stage wrote them. ``stages`` names them, so that the message
+    can say what to rebuild without anyone reading it back."""
 
     exit_code = 2
+
+    def __init__(self, damage: dict[str, str]):
+        """``damage``: what is wrong, by stage name."""
+        self.stages = list(damage)
+        super().__init__("stored artifacts do not match what their stages wrote:\n  - " + "\n  - ".join(damage.values())
+                         + f"\nrebuild with: {' '.join(f'--force {name}' for name in self.stages)}")
+
+
+class Action(str, Enum):
+    """What a run does with a node. A str enum: it prints, compares and serialises as its value."""
+
+    RUN = "run"
+    CACHED = "cached"
+    SKIP = "skip"
+    """Not selected by --only/--from."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -46,9 +66,11 @@ class StagePlan:
     name: str
     kind: str
     fingerprint: str
-    action: str
-    """"run", "cached", or "skip" (not selected by --only/--from)."""
+    action: Action
     reason: str
+    """Why, for people to read ("forced", "config: stages.dpo.beta 0.1 -> 0.2"); nothing decides on it."""
+    forced: bool = False
+    """Selected with --force or --from: rebuilt whatever the store holds."""
     inputs: dict = field(default_factory=dict)
     """What the node reads, for the manifest's lineage: upstream fingerprints, data files and their digests, the
     base model."""
@@ -61,7 +83,7 @@ class StagePlan:
     @property
     def fresh(self) -> bool:
         """Forced stages start over: their checkpoints are discarded, not resumed."""
-        return self.action == "run" and self.reason == "forced"
+        return self.action is Action.RUN and self.forced
 
 
 @dataclass
@@ -69,7 +91,6 @@ class Plan:
     recipe: Recipe
     out_dir: Path
     base_model_path: str
-    model_fingerprint: str
     stages: list[StagePlan]
     variant: str = ""
     """The sweep point this plan runs ("" outside a sweep)."""
@@ -84,10 +105,11 @@ def digest(obj) -> str:
 
 
 def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (), from_stage: str | None = None,
-              force: list[str] = (), verify: bool = False) -> Plan:
-    """Fingerprint every node and decide what runs. Raises PipelineError for unknown or unbuildable selections, and
-    for stored artifacts the run would use (cached, or read by a stage that runs) whose files no longer match what
-    their stage wrote (checked by size and modification time, by content where those moved or with ``verify``)."""
+              force: list[str] = (), verify: bool = False, variant: str = "") -> Plan:
+    """Fingerprint every node and decide what runs (``variant``: the sweep point this plan is of). Raises
+    PipelineError for unknown or unbuildable selections, and for stored artifacts the run would use (cached, or read
+    by a stage that runs) whose files no longer match what their stage wrote (checked by size and modification time,
+    by content where those moved or with ``verify``)."""
     out_dir = Path(out_dir) if out_dir is not None else recipe.out_dir
     for name in [*only, *force, *([from_stage] if from_stage else [])]:
         if name not in recipe.stages:
@@ -140,18 +162,20 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
         if existing is not None and existing.fingerprint != fingerprint:
             existing = None  # a 12-digit prefix shared by two fingerprints: treat as new (and overwrite)
         if name not in selected:
-            action, reason = "skip", "not selected"
+            action, reason = Action.SKIP, "not selected"
         elif name in forced:
-            action, reason = "run", "forced"
+            action, reason = Action.RUN, "forced"
         elif existing is not None and _is_current(out_dir, name, folder):
-            action, reason = "cached", "artifact matches"
+            action, reason = Action.CACHED, "artifact matches"
         elif existing is not None:  # an earlier variant comes back: say which, since the link will move to it
-            action, reason = "cached", f"stored variant {fingerprint[:12]} ({_when(existing)})"
+            action, reason = Action.CACHED, f"stored variant {fingerprint[:12]} ({_when(existing)})"
         else:
-            action, reason = "run", _why_new(out_dir, name, parts)
-        plans.append(StagePlan(name, config.kind, fingerprint, action, reason, inputs, parts, folder))
+            action, reason = Action.RUN, _why_new(out_dir, name, parts)
+        plans.append(StagePlan(name, config.kind, fingerprint, action, reason,
+                               forced=action is Action.RUN and name in forced,
+                               inputs=inputs, parts=parts, folder=folder))
 
-    plan = Plan(recipe, out_dir, base_model_path, model_inputs["fingerprint"], plans)
+    plan = Plan(recipe, out_dir, base_model_path, plans, variant)
     _check_upstreams_ready(plan)
     _check_artifacts_intact(plan, verify)
     return plan
@@ -167,20 +191,18 @@ def _is_current(out_dir: Path, name: str, folder: Path) -> bool:
 
 def _check_artifacts_intact(plan: Plan, full: bool) -> None:
     """Every stored artifact this run reads or keeps is what its stage wrote."""
-    used = {s.name for s in plan.stages if s.action == "cached"}
-    rebuilt = {s.name for s in plan.stages if s.action == "run"}
+    used = {s.name for s in plan.stages if s.action is Action.CACHED}
+    rebuilt = {s.name for s in plan.stages if s.action is Action.RUN}
     for stage in plan.stages:
-        if stage.action == "run":
+        if stage.action is Action.RUN:
             used |= {up for up in plan.recipe.stages[stage.name].from_ if up not in rebuilt}
-    damaged = []
+    damage = {}
     for stage in [s for s in plan.stages if s.name in used]:
         artifact = Artifact.read(stage.folder)
         if artifact is not None and (why := artifact.damage(full)) is not None:
-            damaged.append(f"{plan.out_dir / stage.name} (variant {stage.fingerprint[:12]}): {why}")
-    if damaged:
-        names = [d.split(" (variant")[0].rsplit("/", 1)[-1] for d in damaged]
-        raise DamagedArtifact("stored artifacts do not match what their stages wrote:\n  - " + "\n  - ".join(damaged)
-                              + f"\nrebuild with: {' '.join(f'--force {n}' for n in names)}")
+            damage[stage.name] = f"{plan.out_dir / stage.name} (variant {stage.fingerprint[:12]}): {why}"
+    if damage:
+        raise DamagedArtifact(damage)
 
 
 def _when(artifact: Artifact) -> str:
@@ -206,9 +228,9 @@ def _selection(recipe: Recipe, only: list[str], from_stage: str | None) -> set[s
         return set(recipe.stages)
     reads_base = any(_reads_base_model(recipe, name) for name in selected if not recipe.stages[name].attached)
     for name, config in recipe.stages.items():
-        if config.attached and name not in selected:
-            if config.from_ and set(config.from_) <= selected or not config.from_ and reads_base:
-                selected.add(name)
+        if config.attached and name not in selected and (
+                config.from_ and set(config.from_) <= selected or not config.from_ and reads_base):
+            selected.add(name)
     return selected
 
 
@@ -295,9 +317,9 @@ def _short(value) -> str:
 
 def _check_upstreams_ready(plan: Plan) -> None:
     """A stage's upstreams that this run does not build must already be built and current."""
-    will_exist = {s.name for s in plan.stages if s.action in ("run", "cached")}
+    will_exist = {s.name for s in plan.stages if s.action is not Action.SKIP}
     for stage in plan.stages:
-        if stage.action != "run":
+        if stage.action is not Action.RUN:
             continue
         for up in plan.recipe.stages[stage.name].from_:
             if up in will_exist:

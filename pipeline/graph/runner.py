@@ -13,7 +13,9 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from ..artifacts.artifact import MANIFEST, METRICS, Artifact, non_finite_weights, record_files
 from ..artifacts.model_card import render as model_card
@@ -26,7 +28,7 @@ from ..store.atomic import replace_dir, write_json
 from ..store.lock import OutputLock
 from ..training.distributed import current_distributed_type
 from ..training.trainer import LIVE_LOG
-from .plan import STORE, Plan, StagePlan, variant_dir
+from .plan import STORE, Action, Plan, StagePlan
 from .provenance import git_commit, host, package_versions
 
 log = logging.getLogger("pipeline")
@@ -51,18 +53,18 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False, siblings: list[Plan] = 
             repoint_moved_adapters(plan)
         state.wait_for_everyone()
         results: dict[str, dict] = {}
-        todo = [s for s in plan.stages if s.action != "skip"]
+        todo = [s for s in plan.stages if s.action is not Action.SKIP]
         expected = expected_seconds(plan)
         started = time.perf_counter()
         for index, stage in enumerate(todo, start=1):
-            if state.is_main_process and stage.action == "run":
+            if state.is_main_process and stage.action is Action.RUN:
                 elapsed = time.perf_counter() - started
-                left = [expected.get(s.name) for s in todo[index - 1:] if s.action == "run"]
+                left = [expected.get(s.name) for s in todo[index - 1:] if s.action is Action.RUN]
                 eta = f", about {_duration(sum(left))} left" if left and None not in left else ""
                 log.info("[%d/%d] %s (%s): %s elapsed%s", index, len(todo), stage.name, stage.kind,
                          _duration(elapsed), eta)
             forget_deepspeed_config()
-            if stage.action == "cached":
+            if stage.action is Action.CACHED:
                 if state.is_main_process:
                     log.info("[%s] cached: %s", stage.name, stage.reason)
                     point_at_variant(plan, stage)
@@ -92,20 +94,20 @@ def expected_seconds(plan: Plan) -> dict[str, float]:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def clear_leftovers(plan: Plan, siblings: list[Plan] = ()) -> None:
-    """Remove what killed runs left in the output folder: half-written artifact folders (.tmp-*, .old-*) and work
-    folders (checkpoints) of stages and configs neither the plan nor its siblings have. Runs under the folder's
-    lock."""
+    """Remove what killed runs left in the output folder: half-written artifact folders in the store (.tmp-*,
+    .old-*) and work folders (checkpoints) of stages and configs neither the plan nor its siblings have. Runs under
+    the folder's lock."""
     out = plan.out_dir
     if not out.is_dir():
         return
     store = out / STORE
-    for leftover in [*out.glob(".tmp-*"), *out.glob(".old-*"), *store.glob(".tmp-*"), *store.glob(".old-*")]:
+    for leftover in [*store.glob(".tmp-*"), *store.glob(".old-*")]:
         log.info("removing %s, left by a run that did not finish", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     current = {work_dir(p, stage).name for p in [plan, *siblings] for stage in p.stages}
@@ -128,18 +130,8 @@ def repoint_moved_adapters(plan: Plan) -> None:
 
 
 def point_at_variant(plan: Plan, stage: StagePlan) -> None:
-    """Make <output_dir>/<stage> name the variant this run used (a relative link, replaced atomically). A folder
-    there (the layout of older versions) is moved into the store first, keeping its variant."""
+    """Make <output_dir>/<stage> name the variant this run used (a relative link, replaced atomically)."""
     link = plan.out_dir / stage.name
-    if link.is_dir() and not link.is_symlink():
-        old = Artifact.read(link)
-        aside = variant_dir(plan.out_dir, stage.name, old.fingerprint) if old is not None else \
-            plan.out_dir / STORE / f".old-{stage.name}"
-        if aside.exists():
-            shutil.rmtree(link)
-        else:
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(link, aside)
     tmp = link.with_name(f".link-{stage.name}")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(stage.folder, plan.out_dir), tmp)
@@ -170,37 +162,59 @@ def _gpu_memory_peak() -> float:
 
 
 def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> dict:
-    from transformers import set_seed
-
-    recipe, name = plan.recipe, stage.name
-    config = recipe.stages[name]
-    final = stage.folder
-    # Names every rank can compute alike; the fingerprint keeps checkpoints of another config from being resumed.
-    tmp = final.with_name(f".tmp-{final.name}")
-    work = work_dir(plan, stage)
+    """One stage, in steps every rank takes together: prepare its folders, build its context, execute it; then, on
+    the main process, write its manifest and commit it (into the store, the stage link pointed at it)."""
+    _prepare_folders(plan, stage, state)
+    ctx = _context(plan, stage, state)
+    execution = _execute(plan, stage, ctx, state)
     if state.is_main_process:
-        log.info("[%s] running %s stage (%s)", name, config.kind, stage.reason)
+        manifest = _manifest(plan, stage, ctx, execution, state)
+        _commit(plan, stage, execution.result, manifest)
+        if not keep_checkpoints:
+            _drop_checkpoints(work_dir(plan, stage))
+        log.info("[%s] done in %.1f s -> %s", stage.name, execution.wall, stage.folder)
+    state.wait_for_everyone()
+    return execution.result.metrics
+
+
+def _tmp_dir(stage: StagePlan) -> Path:
+    """Where the stage writes its artifact before the commit renames it into place. Every rank computes the same
+    name."""
+    return stage.folder.with_name(f".tmp-{stage.folder.name}")
+
+
+def _prepare_folders(plan: Plan, stage: StagePlan, state) -> None:
+    """An empty temporary folder for the artifact, and the work folder of the checkpoints: kept to resume from, or
+    emptied for a forced stage (the fingerprint in its name keeps another config's checkpoints from being resumed).
+    """
+    if state.is_main_process:
+        tmp, work = _tmp_dir(stage), work_dir(plan, stage)
+        log.info("[%s] running %s stage (%s)", stage.name, stage.kind, stage.reason)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if stage.fresh and work.exists():
-            log.info("[%s] --force: discarding the checkpoints in %s", name, work)
+            log.info("[%s] --force: discarding the checkpoints in %s", stage.name, work)
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
 
+
+def _context(plan: Plan, stage: StagePlan, state) -> StageContext:
+    """What the stage receives: its config, the upstream variants of today's settings, where to write."""
+    config = plan.recipe.stages[stage.name]
     upstream = {}
     for up in config.from_:
         artifact = Artifact.read(plan[up].folder)  # the variant of today's settings, whatever the link names
         if artifact is None:
-            raise PipelineError(f"stage '{name}': upstream artifact {plan[up].folder} is missing")
+            raise PipelineError(f"stage '{stage.name}': upstream artifact {plan[up].folder} is missing")
         upstream[up] = artifact
-    ctx = StageContext(
-        name=name,
+    return StageContext(
+        name=stage.name,
         config=config,
-        recipe=recipe,
-        out_dir=tmp,
-        final_dir=final,
-        work_dir=work,
+        recipe=plan.recipe,
+        out_dir=_tmp_dir(stage),
+        final_dir=stage.folder,
+        work_dir=work_dir(plan, stage),
         upstream=upstream,
         fingerprint=stage.fingerprint,
         base_model_path=plan.base_model_path,
@@ -208,10 +222,30 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         process_index=state.process_index,
         num_processes=state.num_processes,
     )
+
+
+@dataclass
+class _Execution:
+    """What running a stage's code gave: its result, and the timings and GPU accounting the manifest records."""
+
+    result: StageResult
+    started: datetime
+    wall: float
+    import_time: float
+    gpu: bool
+    """Whether the peak GPU memory was counted (CUDA present)."""
+
+
+def _execute(plan: Plan, stage: StagePlan, ctx: StageContext, state) -> _Execution:
+    """Import the kind's module, seed, run the stage and check what it returned. A failure leaves nothing half-made
+    (the checkpoints in the work folder stay); storage failures are named."""
+    from transformers import set_seed
+
+    config = ctx.config
     clock = time.perf_counter()
     module = stage_module(config.kind)  # imports trl & co: timed apart from the stage's own work
     import_time = time.perf_counter() - clock
-    set_seed(recipe.seed)
+    set_seed(plan.recipe.seed)
     gpu = _gpu_memory_reset()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
@@ -219,8 +253,8 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         result = module.run(ctx)
     except BaseException as exc:
         if state.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-made stays; the checkpoints in work/ do
-        if (explained := storage_error(exc, name, plan.out_dir)) is not None:
+            shutil.rmtree(_tmp_dir(stage), ignore_errors=True)
+        if (explained := storage_error(exc, stage.name, plan.out_dir)) is not None:
             raise explained from None
         raise
     wall = time.perf_counter() - clock
@@ -229,57 +263,68 @@ def _run_stage(plan: Plan, stage: StagePlan, state, keep_checkpoints: bool) -> d
         raise PipelineError(f"stages/{config.kind}: run() must return a StageResult with a {config.produces} "
                             f"output; it returned {got}")
     state.wait_for_everyone()
+    return _Execution(result, started, wall, import_time, gpu)
 
-    if state.is_main_process:
-        manifest = {
-            "stage": name,
-            "kind": config.kind,
-            "produces": config.produces,
-            "output": output_to_dict(result.output),
-            "fingerprint": stage.fingerprint,
-            "fingerprint_parts": stage.parts,
-            "config": config.model_dump(mode="json", by_alias=True),
-            "inputs": stage.inputs,
-            "lineage": _lineage(upstream),
-            "seed": recipe.seed,
-            "world_size": state.num_processes,
-            "distributed_type": current_distributed_type(),
-            "device": str(state.device),
-            **({"peak_gpu_memory_mib": _gpu_memory_peak()} if gpu else {}),
-            "wall_time_s": round(wall, 3),
-            "import_time_s": round(import_time, 3),
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "host": host(),
-            "git_commit": git_commit(),
-            "packages": package_versions(),
-            "recipe": recipe.name,
-            "chat_template": chat_template_used(tmp, recipe),
-            "description": (type(config).__doc__ or "").strip().split("\n\n")[0],
-            "upstream": {up: artifact.produces for up, artifact in upstream.items()},
-        }
-        try:
-            refuse_non_finite(name, tmp, result.metrics)
-            if (work / LIVE_LOG).is_file():
-                shutil.copy2(work / LIVE_LOG, tmp / LIVE_LOG)
-            write_json(tmp / METRICS, result.metrics)
-            (tmp / "README.md").write_text(model_card(tmp, manifest, result.metrics))
-            manifest["files"] = record_files(tmp)
-            write_json(tmp / MANIFEST, manifest)
-            replace_dir(tmp, final)
-            point_at_variant(plan, stage)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (explained := storage_error(exc, name, plan.out_dir)) is not None:
-                raise explained from None
-            raise
-        if not keep_checkpoints:
-            shutil.rmtree(work, ignore_errors=True)
-            if work.parent.is_dir() and not any(work.parent.iterdir()):
-                work.parent.rmdir()
-        log.info("[%s] done in %.1f s -> %s", name, wall, final)
-    state.wait_for_everyone()
-    return result.metrics
+
+def _manifest(plan: Plan, stage: StagePlan, ctx: StageContext, execution: _Execution, state) -> dict:
+    """The manifest of a finished stage: its output, fingerprint and lineage, where and how it ran (files are
+    recorded at the commit)."""
+    recipe, config = plan.recipe, ctx.config
+    return {
+        "stage": stage.name,
+        "kind": config.kind,
+        "produces": config.produces,
+        "output": output_to_dict(execution.result.output),
+        "fingerprint": stage.fingerprint,
+        "fingerprint_parts": stage.parts,
+        "config": config.model_dump(mode="json", by_alias=True),
+        "inputs": stage.inputs,
+        "lineage": _lineage(ctx.upstream),
+        "seed": recipe.seed,
+        "world_size": state.num_processes,
+        "distributed_type": current_distributed_type(),
+        "device": str(state.device),
+        **({"peak_gpu_memory_mib": _gpu_memory_peak()} if execution.gpu else {}),
+        "wall_time_s": round(execution.wall, 3),
+        "import_time_s": round(execution.import_time, 3),
+        "started_at": execution.started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "host": host(),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "recipe": recipe.name,
+        "chat_template": chat_template_used(_tmp_dir(stage), recipe),
+        "description": (type(config).__doc__ or "").strip().split("\n\n")[0],
+        "upstream": {up: artifact.produces for up, artifact in ctx.upstream.items()},
+    }
+
+
+def _commit(plan: Plan, stage: StagePlan, result: StageResult, manifest: dict) -> None:
+    """Finish the artifact (metrics, model card, file record, manifest), move it into the store at once and point
+    the stage link at it. A diverged stage is refused; on any failure nothing is committed. Main process only."""
+    tmp, work = _tmp_dir(stage), work_dir(plan, stage)
+    try:
+        refuse_non_finite(stage.name, tmp, result.metrics)
+        if (work / LIVE_LOG).is_file():
+            shutil.copy2(work / LIVE_LOG, tmp / LIVE_LOG)
+        write_json(tmp / METRICS, result.metrics)
+        (tmp / "README.md").write_text(model_card(tmp, manifest, result.metrics))
+        manifest["files"] = record_files(tmp)
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, stage.folder)
+        point_at_variant(plan, stage)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (explained := storage_error(exc, stage.name, plan.out_dir)) is not None:
+            raise explained from None
+        raise
+
+
+def _drop_checkpoints(work: Path) -> None:
+    """A committed stage needs no checkpoints: remove its work folder, and .work itself once empty."""
+    shutil.rmtree(work, ignore_errors=True)
+    if work.parent.is_dir() and not any(work.parent.iterdir()):
+        work.parent.rmdir()
 
 
 def chat_template_used(folder, recipe) -> dict | None:

@@ -189,11 +189,12 @@ def test_a_half_written_checkpoint_never_blocks_the_stage(make_recipe, chat_data
 
 def test_leftovers_of_dead_runs_are_cleared(make_recipe, chat_data, tmp_path):
     out = tmp_path / "out"
-    (out / ".tmp-sft-abcdef").mkdir(parents=True)
-    (out / ".old-sft-1234").mkdir()
+    store = out / ".store"
+    (store / ".tmp-sft-abcdef").mkdir(parents=True)
+    (store / ".old-sft-1234").mkdir()
     (out / ".work" / "sft-000000000000" / "checkpoint-2").mkdir(parents=True)
     run_recipe(make_recipe({"sft": sft_stage(chat_data)}))
-    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+    assert not list(store.glob(".tmp-*")) and not list(store.glob(".old-*"))
     assert not (out / ".work").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from pipeline.graph.plan import _content_keyed, why_changed
+from pipeline.graph.plan import DamagedArtifact, _content_keyed, why_changed
 
 PARTS = {
     "version": 2, "kind": "dpo", "seed": 42, "upstream": {"sft": "a" * 64}, "data": ["d1"],
@@ -53,3 +53,10 @@ def test_input_files_are_keyed_by_content_not_path(tmp_path):
     config = {"data": {"path": str(a)}, "prompts": str(b), "name": "x"}
     keyed = _content_keyed(config, {a: "1" * 64, b: "1" * 64})
     assert keyed == {"data": {"path": "sha256:" + "1" * 64}, "prompts": "sha256:" + "1" * 64, "name": "x"}
+
+
+def test_a_damaged_artifact_error_carries_the_stage_names():
+    error = DamagedArtifact({"sft": "out/sft (variant abc): weights missing", "eval-sft": "out/eval-sft: changed"})
+    assert error.stages == ["sft", "eval-sft"]
+    assert str(error).endswith("rebuild with: --force sft --force eval-sft")
+    assert "  - out/sft (variant abc): weights missing\n  - out/eval-sft: changed" in str(error)
