@@ -23,6 +23,7 @@ LAYERS = [
     {"builtin"},
     {"stages"},
     {"graph"},
+    {"cli"},
     {"__main__"},
 ]
 """Packages of pipeline/ (and stages/) from the bottom up: a package may import only from layers below its own."""

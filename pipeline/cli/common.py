@@ -1,0 +1,99 @@
+"""What every command shares: the process environment and logging set up before any work, argument types that
+refuse bad values at parse time (exit 2 with argparse's usage line, not a traceback later), the recipe and selection
+arguments, and the bound on error text."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def quiet_environment() -> None:
+    # Set before torch/transformers are imported: they read these at import time.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    # TRL's configs still set the old name; transformers 5 warns on every trainer. Nothing for the user to do.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+
+def setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        return
+    # Quiet by default: one progress bar per long piece of work, the pipeline's own lines, and warnings that matter.
+    # Library chatter (loading bars and reports, datasets' map bars, DeepSpeed's accelerator notice) comes with -v.
+    for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
+    for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed",
+                  "bitsandbytes", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be in 0..2^32-1, got {value}")
+    return value
+
+
+def recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe value, e.g. --set stages.sft.train.max_steps=20 (value parsed as YAML; repeatable)",
+    )
+
+
+def selection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", help="where artifacts go (default: the recipe's output_dir, else runs/<name>)")
+    parser.add_argument("--only", action="append", default=[], metavar="STAGE",
+                        help="run only this stage (repeatable); its upstream artifacts must already be built")
+    parser.add_argument("--from", dest="from_stage", metavar="STAGE",
+                        help="rerun STAGE and every stage downstream of it, even if cached")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="rerun STAGE from scratch even if cached (its checkpoints are discarded), and its "
+                             "downstream stages with it (repeatable)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every stored artifact the run uses against the sha256 of each of its files "
+                             "(by default: sizes and modification times, and content where those moved)")
+
+
+def capped(message: str, line_limit: int = 600, total_limit: int = 8000) -> str:
+    """Error text of bounded size: a row or value echoed back must not flood the terminal."""
+    lines = [line if len(line) <= line_limit else line[: line_limit - 3] + "..." for line in message.splitlines()]
+    text = "\n".join(lines)
+    return text if len(text) <= total_limit else text[: total_limit - 40] + "\n... (more problems, cut here)"

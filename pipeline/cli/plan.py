@@ -1,0 +1,56 @@
+"""`plan`: the stage graph of a recipe (each sweep point's), what is cached and what will run with the reason, and
+parameter counts and a rough memory estimate per stage."""
+
+from __future__ import annotations
+
+from .common import recipe_args, selection_args
+from .planning import plans
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("plan", help="show the stage graph, what is cached, sizes and memory",
+                                 description="Show stage order, what is cached and what will run, parameter counts, "
+                                             "trainable parameters and a rough memory estimate per stage.")
+    recipe_args(parser)
+    selection_args(parser)
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                        help="plan a variant for each value, as `run --sweep` would run them")
+    parser.add_argument("--launch", metavar="ACCELERATE_CONFIG",
+                        help="estimate memory per process under this accelerate config (e.g. launch/gpu_zero3.yaml: "
+                             "DeepSpeed ZeRO shards optimizer state, gradients and weights over its processes); "
+                             "default: one process")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    from ..graph.plan import Action
+    from ..models.estimate import Layout, estimate, local_weights
+
+    layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
+    variants = plans(args, layout.processes)
+    for plan in variants:
+        recipe = plan.recipe
+        if len(variants) > 1:
+            print(f"== sweep variant: {plan.variant}")
+        print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
+        print(f"output: {plan.out_dir}\n")
+        header = (f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}"
+                  "  reason")
+        print(header)
+        print("-" * len(header))
+        dtype = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
+        weights = local_weights(plan.base_model_path, recipe.model.revision)  # a hub model: its cached snapshot
+        for stage in plan.stages:
+            config = recipe.stages[stage.name]
+            # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
+            est = estimate(weights, config.memory_profile(), dtype, layout, recipe.model.quantization) \
+                if stage.action is not Action.SKIP else None
+            params = f"{est.parameters:,}" if est else "-"
+            trainable = f"{est.trainable:,}" if est else "-"
+            memory = f"{est.memory_gib:.2f}" if est else "-"
+            print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action.value:<8}"
+                  f"{params:>12}{trainable:>12}{memory:>9}  {stage.reason}")
+        print()
+    print(f"memory per process ({layout.describe()}): weights + gradients + optimizer state + activations of one "
+          "micro-batch; a rough planning figure.")
+    return 0
