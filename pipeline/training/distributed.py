@@ -112,3 +112,10 @@ def to_process_device(model):
     if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
         return model
     return model.to(PartialState().device)
+
+
+def uncount_accumulation_step(accelerator) -> None:
+    """Undo ``accelerator.accumulate()``'s count of a micro-batch that was left before its backward pass (PPO's
+    kl.guard ends a step there), so that the next step's accumulation cycles start in phase. accelerate keeps that
+    count in ``accelerator.step`` and has no public way to take one back."""
+    accelerator.step -= 1

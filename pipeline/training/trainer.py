@@ -190,16 +190,31 @@ def live_log_resumed_at(ctx, step: int) -> None:
     tmp.replace(path)
 
 
+def tracker_run_name(ctx) -> str:
+    """One tracker run per stage variant, named after it."""
+    return f"{ctx.name}-{ctx.fingerprint[:12]}"
+
+
+def _tracking_root(ctx) -> Path:
+    return Path(ctx.output_dir if ctx.output_dir is not None else ctx.final_dir.parent)
+
+
+def tensorboard_dir(ctx) -> Path:
+    """Where a stage variant's TensorBoard event files go: <output_dir>/tensorboard/<stage>-<fingerprint>/."""
+    return _tracking_root(ctx) / "tensorboard" / tracker_run_name(ctx)
+
+
 def tracking(ctx, train: TrainSettings) -> dict:
     """TrainingArguments for the trackers of ``train.report_to``: one run per stage variant, named after it;
-    TensorBoard's event files under <output_dir>/tensorboard/<stage>-<fingerprint>/."""
+    TensorBoard's event files in ``tensorboard_dir``. The trackers' libraries read their folders from environment
+    variables (transformers' TensorBoard callback has no other way in), so those are set here."""
     import os
 
     if not train.report_to:
         return {"report_to": "none"}
-    name = f"{ctx.name}-{ctx.fingerprint[:12]}"
-    root = ctx.output_dir if ctx.output_dir is not None else ctx.final_dir.parent
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(root) / "tensorboard" / name)
+    name = tracker_run_name(ctx)
+    root = _tracking_root(ctx)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir(ctx))
     os.environ.setdefault("WANDB_DIR", str(root))
     os.environ.setdefault("WANDB_PROJECT", ctx.recipe.name)
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", ctx.recipe.name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluation.generation import Completion
-from stages.ppo.loop import penalised_scores
+from stages.ppo.experience import penalised_scores
 from stages.ppo_config import PPOStageConfig
 from support import ROOT
 
