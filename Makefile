@@ -1,12 +1,13 @@
 # make run   set up (first time) and run the main recipe
-# make test  set up (first time) and run the test suite
+# make lint  set up (first time) and run ruff (the rules are in pyproject.toml)
+# make test  set up (first time), lint, and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/rlhf.yaml
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,7 +20,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m pipeline run $(RECIPE)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
 bench: setup

@@ -13,9 +13,9 @@ score_mode "trl" (default) runs TRL as shipped and only observes:
 - the reward model's score of every rollout is also computed the way the pipeline's ppo stage computes its `score`
   (decoded response re-rendered through the chat template, read at the last token), so both reward curves use the
   same scoring. TRL itself trains on (and logs as `objective/scores`) the reward read at the last response token of
-  the raw prompt + response sequence, a position where the reward model was never trained to read a reward (it was trained on
-  chat-rendered conversations, which end with "<|im_end|>\n"). The time of this extra scoring is measured and
-  subtracted from the step times;
+  the raw prompt + response sequence, a position where the reward model was never trained to read a reward (it was
+  trained on chat-rendered conversations, which end with "<|im_end|>\n"). The time of this extra scoring is measured
+  and subtracted from the step times;
 - response tokens (up to and including the EOS) are counted per step, for throughput;
 - the time of TRL's own gc.collect() calls (two per PPO step) is recorded.
 score_mode "pipeline" changes one thing: TRL trains on the pipeline's scoring (its own is not computed), which

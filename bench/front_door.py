@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = "import sys, runpy; sys.argv = ['pipeline', *sys.argv[1:]]; " \
-        "exec(\"try:\\n runpy.run_module('pipeline', run_name='__main__')\\nexcept SystemExit as e:\\n code = e.code\\n" \
+        "exec(\"try:\\n runpy.run_module('pipeline', run_name='__main__')\\n" \
+        "except SystemExit as e:\\n code = e.code\\n" \
         "print('TORCH_IMPORTED=' + str('torch' in sys.modules), file=sys.stderr)\\nsys.exit(code)\")"
 
 

@@ -179,7 +179,8 @@ def stage_figures(out: Path, stage: str, shape: flops.Shape, rate: float) -> dic
 def markdown(result: dict) -> str:
     lines = [f"GPU bench on {result['device_name']} ({result['model']['parameters'] / 1e9:.2f}B-parameter Llama, "
              f"{'bf16' if result['cuda'] else 'fp32'}; measured matmul {result['matmul_tflops']:.2f} TFLOP/s)", "",
-             "| stage | steps | s/step | tokens/s | peak GPU MiB | MFU | sampling tok/s | plain TRL s/step | ours/TRL |",
+             "| stage | steps | s/step | tokens/s | peak GPU MiB | MFU | sampling tok/s | plain TRL s/step "
+             "| ours/TRL |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["stages"]:
         def fmt(value, spec):

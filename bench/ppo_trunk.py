@@ -75,7 +75,8 @@ def main() -> None:
 
         args.runs = Path(load_recipe(args.recipe).out_dir)
     cpu = cpu_name()
-    results = [run_ppo(args.recipe, args.runs.resolve(), args.steps, share, args.stage, args.set) for share in (False, True)]
+    results = [run_ppo(args.recipe, args.runs.resolve(), args.steps, share, args.stage, args.set)
+               for share in (False, True)]
     print(f"{args.recipe.name} {args.stage}, {args.steps} steps, on {cpu} ({os.cpu_count()} cores)")
     for r in results:
         print(f"  share_trunk={str(r['share_trunk']).lower():5}  {r['s_per_step']:7.1f} s/step (rollout generation "

@@ -68,7 +68,8 @@ def run(command: list[str], what: str) -> subprocess.CompletedProcess:
 def ensure_trl_venv(venv: Path) -> tuple[Path, str]:
     """A virtualenv with trl==1.12.0 (reused when it already has it); returns its python and its package versions."""
     python = venv / "bin" / "python"
-    probe = "import trl, transformers, peft, accelerate, datasets, torch; print(trl.__version__, transformers.__version__, " \
+    probe = "import trl, transformers, peft, accelerate, datasets, torch; " \
+            "print(trl.__version__, transformers.__version__, " \
             "peft.__version__, accelerate.__version__, datasets.__version__, torch.__version__)"
 
     def installed() -> str | None:
@@ -157,7 +158,8 @@ def run_trl(python: Path, setup: Path, work: Path, seed: int, steps: int, score_
               "seed": seed, "steps": steps, "score_mode": score_mode, **SETTINGS}
     (out / "inputs.json").write_text(json.dumps(inputs, indent=1))
     started = time.perf_counter()
-    run([str(python), str(ROOT / "bench" / "_trl112_ppo_driver.py"), str(out / "inputs.json"), str(out / "result.json")],
+    run([str(python), str(ROOT / "bench" / "_trl112_ppo_driver.py"), str(out / "inputs.json"),
+         str(out / "result.json")],
         f"trl {TRL_VERSION} ppo (seed {seed})")
     wall = time.perf_counter() - started
     result = json.loads((out / "result.json").read_text())

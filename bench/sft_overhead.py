@@ -32,7 +32,8 @@ PLAIN = textwrap.dedent(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     args = SFTConfig(output_dir=out, max_steps=steps, learning_rate=3e-3, per_device_train_batch_size=8,
-                     per_device_eval_batch_size=8, lr_scheduler_type="linear", logging_steps=10, logging_first_step=True,
+                     per_device_eval_batch_size=8, lr_scheduler_type="linear", logging_steps=10,
+                     logging_first_step=True,
                      save_strategy="steps", save_steps=50, save_total_limit=1, seed=seed, data_seed=seed,
                      report_to="none", use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
                      max_length=64, assistant_only_loss=True, eval_strategy="no", dataloader_num_workers=0,
@@ -103,7 +104,8 @@ def main() -> None:
     print(f"plain TRL script: import {min(r['import_s'] for r in plain_runs):.2f} s, "
           f"load+train+eval+save {plain_stage:.2f} s")
     print(f"pipeline:         whole command {min(r['total_s'] for r in pipe_runs):.2f} s, stage {pipe_stage:.2f} s")
-    print(f"stage overhead:   {pipe_stage - plain_stage:+.2f} s ({100 * (pipe_stage / plain_stage - 1):+.1f}% of the plain run)")
+    print(f"stage overhead:   {pipe_stage - plain_stage:+.2f} s "
+          f"({100 * (pipe_stage / plain_stage - 1):+.1f}% of the plain run)")
     print(f"loss curves:      {len(plain_runs[0]['losses'])} logged points, max |difference| {diff:.2e}")
 
 

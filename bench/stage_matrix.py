@@ -44,10 +44,10 @@ Measurements
                      (reward, dpo) or a completion (grpo, rloo). PPO: seconds_per_step and rollout prompts per second
                      (rollout_prompts_per_step / seconds_per_step, all processes)
   tokens/s           tokens processed / train_runtime. HF/TRL stages: the last logged cumulative ``num_tokens``
-                     (TRL counts the non-padding tokens of every training batch, summed over processes: SFT sequences, both
-                     sequences of a reward/DPO pair, prompt + completion for GRPO/RLOO). PPO: per step, rollouts x
-                     (mean prompt length + that step's mean response length); prompt lengths are those of the stage's
-                     prompt card rendered through the policy's chat template, averaged over the prompts used.
+                     (TRL counts the non-padding tokens of every training batch, summed over processes: SFT sequences,
+                     both sequences of a reward/DPO pair, prompt + completion for GRPO/RLOO). PPO: per step, rollouts
+                     x (mean prompt length + that step's mean response length); prompt lengths are those of the
+                     stage's prompt card rendered through the policy's chat template, averaged over the prompts used.
   gen tok/s          PPO only: the stage's own generated_tokens_per_s (response tokens per second of PPO step), mean
                      over steps
   other CPU          cores used by processes outside the cell while it ran (system CPU time minus the tree's own,

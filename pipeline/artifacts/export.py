@@ -29,7 +29,8 @@ def export(artifact: Artifact, to: Path, dtype: str | None = None, adapter: bool
         raise UsageError(f"--to {to}: the folder exists and is not empty; choose a new one")
     output = artifact.output
     if not isinstance(output, (PolicyOutput, RewardModelOutput)):
-        raise ModelError(f"{artifact.path}: a {artifact.kind} artifact holds {artifact.produces}, not a model to export")
+        raise ModelError(f"{artifact.path}: a {artifact.kind} artifact holds {artifact.produces}, "
+                         "not a model to export")
     tokenizer = load_tokenizer(str(artifact.path))
     library = "transformers"
     with atomic_dir(to) as tmp:

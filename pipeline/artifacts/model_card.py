@@ -187,7 +187,8 @@ def render(artifact_path: Path, manifest: dict, metrics: dict, evaluations: list
         first = evaluations[0]
         lines += [f"Gold judge `{first.get('judge')}` on {first.get('n')} held-out prompts; KL to each policy's "
                   "starting point, from the samples' token log-probabilities; 95% bootstrap intervals.", "",
-                  "| model | gold mean | 95% CI | KL | distinct-2 | repeats a word 3+ times |", "|---|---|---|---|---|---|"]
+                  "| model | gold mean | 95% CI | KL | distinct-2 | repeats a word 3+ times |",
+                  "|---|---|---|---|---|---|"]
         for row in evaluations:
             label = "base model" if row["target"] == "base" else row["target"]
             repetition = f"{row['repetition']:.0%}" if row.get("repetition") is not None else "-"

@@ -174,7 +174,8 @@ def repoint_adapters(artifact: Artifact) -> list[str]:
         files = dict(manifest.get("files") or {})
         for name in changed:
             stat = (artifact.path / name).stat()
-            files[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(artifact.path / name)}
+            files[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                           "sha256": sha256_file(artifact.path / name)}
         manifest["files"] = files
         write_json(artifact.path / MANIFEST, manifest)
     return changed

@@ -128,7 +128,8 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
             message = err["msg"].removeprefix("Value error, ")
             shown = repr(err.get("input"))
             # a value already quoted in the message is not repeated
-            suffix = "" if str(err.get("input")) in message else f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+            suffix = ("" if str(err.get("input")) in message
+                      else f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})")
             problems.append(Problem(where, f"{message}{suffix}"))
     return _dedupe(problems)
 

@@ -138,7 +138,8 @@ class TrainSettings(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Compute precision. auto: bf16 on a GPU that supports it, else fp32 (CPU)."""
     gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass to save memory. None: on for GPUs, off on CPU (where it only slows)."""
+    """Recompute activations in the backward pass to save memory. None: on for GPUs, off on CPU (where it only
+    slows)."""
     logging_steps: int = Field(10, ge=1)
     """Log training metrics every this many optimizer steps."""
     eval_steps: int | None = Field(None, ge=1)

@@ -17,8 +17,8 @@ from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
 CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
-          "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss", "response_length",
-          "repetition_share")
+          "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
+          "response_length", "repetition_share")
 """Logged quantities drawn when a stage logged them (whatever its kind)."""
 KL_CURVES = ("kl", "kl_predicted")
 """Drawn against the stage's KL target, when it has one, with the band of 20% either side."""

@@ -67,7 +67,8 @@ def describe_variants(out_dir: Path, plan: Plan | None = None) -> str:
     rows = variants(out_dir)
     if not rows:
         return f"no stored variants in {out_dir}"
-    lines = [f"{'stage':<14}{'variant':<14}{'':2}{'finished':<18}{'size':>10}  {'metrics':<40}  differs from the recipe",
+    lines = [f"{'stage':<14}{'variant':<14}{'':2}{'finished':<18}{'size':>10}  {'metrics':<40}  "
+             "differs from the recipe",
              "-" * 120]
     total = 0
     for v in rows:

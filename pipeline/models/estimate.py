@@ -32,7 +32,8 @@ class Layout:
 
     processes: int = 1
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage (0: plain DDP or one process). 1 shards optimizer state, 2 also gradients, 3 also weights."""
+    """DeepSpeed ZeRO stage (0: plain DDP or one process). 1 shards optimizer state, 2 also gradients, 3 also
+    weights."""
     offload_optimizer: bool = False
     offload_params: bool = False
 

@@ -143,8 +143,8 @@ def layer_backward(shape: Shape, tokens: float, keys: float, lora_rank: int, low
                    targets: Iterable[str] = PROJECTIONS, full: bool = False) -> float:
     """Backward of one decoder layer with a LoRA of ``lora_rank`` on its ``targets`` projections or, with ``full``,
     every weight trained; ``lowest``: the lowest layer with gradients (its input needs none). ``targets`` say what the
-    layer trains, so a layer without an adapter has none (a rank of 0 on targets still counts their outputs'
-    gradients, as this function always did)."""
+    layer trains, so a layer without an adapter has none; the rank only prices the adapter itself (a rank of 0 on
+    targets still counts their outputs' gradients)."""
     targets = set(targets)
     needs = gradients(not lowest, set(PROJECTIONS) if full else targets)
     # dQ and dK from the scores' gradient; the probabilities' gradient and dV from the product with the values

@@ -16,9 +16,9 @@ def graph_problems(stages: dict[str, StageConfig], produced: dict[str, tuple[str
                    names: set[str]) -> list[Problem]:
     """Missing references, cycles and upstream types a stage cannot take.
 
-    ``stages`` holds the configs that validated; ``produced`` the (kind, artifact type) of every stage whose kind is known
-    (valid or not), so that a stage whose own config has a problem still counts as the upstream it is meant to be
-    (one mistake, one problem); ``names`` every stage name of the recipe."""
+    ``stages`` holds the configs that validated; ``produced`` the (kind, artifact type) of every stage whose kind is
+    known (valid or not), so that a stage whose own config has a problem still counts as the upstream it is meant to
+    be (one mistake, one problem); ``names`` every stage name of the recipe."""
     problems: list[Problem] = []
     for name, config in stages.items():
         for ref in config.from_:

@@ -1,5 +1,5 @@
 """The arithmetic of RLHF PPO, on plain tensors: KL estimators, per-token rewards, GAE, clipped losses, the KL
-controllers. No models here, so every function is checked against hand-computed values in tests/test_ppo_math.py.
+controllers. No models here, so every function is checked against hand-computed values in tests/unit/rl/test_ppo_math.py.
 
 Shapes: ``[batch, response_length]`` tensors with a 0/1 (or bool) ``mask`` marking real response tokens; padding
 only ever follows a response's last token. Conventions follow Ziegler et al. (2019), InstructGPT and the

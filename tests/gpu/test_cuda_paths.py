@@ -94,7 +94,8 @@ def test_ppo_reference_does_not_drift_on_the_gpu(bf16_chain):
 def test_gradient_checkpointing_with_lora_moves_the_adapter(tmp_path):
     out = tmp_path / "out"
     ran = run_cli("run", str(TINY), "--only", "sft", "--output-dir", str(out),
-                  *sets("evaluate=null", "stages.sft.train.max_steps=4", "stages.sft.train.gradient_checkpointing=true"))
+                  *sets("evaluate=null", "stages.sft.train.max_steps=4",
+                        "stages.sft.train.gradient_checkpointing=true"))
     assert ran.returncode == 0, ran.stderr[-4000:]
     adapter = load_file(out / "sft" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -118,11 +119,12 @@ def test_qlora_on_cuda_reaches_the_adapters(tmp_path):
 
 
 def test_greedy_generation_on_the_gpu_equals_the_cpu():
+    from transformers import AutoTokenizer
+
     from pipeline.builtin.tiny_model import tiny_llama_path
     from pipeline.evaluation.generation import generate
     from pipeline.evaluation.settings import SamplingSettings
     from pipeline.models.loading import load_causal_lm
-    from transformers import AutoTokenizer
 
     torch.backends.cuda.matmul.allow_tf32 = False
     path = str(tiny_llama_path())

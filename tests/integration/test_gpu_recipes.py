@@ -65,6 +65,7 @@ def test_gpu_recipe_validates_and_plans_memory_per_gpu(recipe, hub):
 
 
 def test_without_the_download_validate_says_what_to_fetch(tmp_path):
-    checked = run_cli("validate", str(RECIPES / "zephyr_dpo.yaml"), env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    checked = run_cli("validate", str(RECIPES / "zephyr_dpo.yaml"),
+                      env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert checked.returncode == 2 and "Traceback" not in checked.stderr
     assert "Qwen/Qwen2.5-0.5B" in checked.stderr and "HF_HUB_OFFLINE=1" in checked.stderr

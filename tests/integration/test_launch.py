@@ -49,7 +49,8 @@ def test_slurm_script_starts_one_accelerate_launch_per_node_joining_one_job(tmp_
     stub = lambda path, body: (path.write_text("#!/usr/bin/env bash\n" + body), path.chmod(0o755))  # noqa: E731
     stub(bin_dir / "scontrol", 'printf "node-a\\nnode-b\\n"\n')
     stub(bin_dir / "srun", 'SLURM_NODEID=1 "$@"\n')  # what node 1 of 2 runs
-    stub(work / ".venv" / "bin" / "accelerate", 'echo "$@" > launched.txt; echo "OMP=$OMP_NUM_THREADS" >> launched.txt\n')
+    stub(work / ".venv" / "bin" / "accelerate",
+         'echo "$@" > launched.txt; echo "OMP=$OMP_NUM_THREADS" >> launched.txt\n')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
            "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "32"}
     env.pop("OMP_NUM_THREADS", None)

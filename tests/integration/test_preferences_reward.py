@@ -36,7 +36,8 @@ def test_reward_needs_preference_data_and_judge_reward_needs_a_reward_stage(make
     with pytest.raises(RecipeError) as info:
         load_recipe(make_recipe(stages))
     problems = [str(p) for p in info.value.problems]
-    assert "stages.reward: needs preference data: name a preferences stage in `from`, or set `data:` to a card" in problems
+    assert ("stages.reward: needs preference data: name a preferences stage in `from`, or set `data:` to a card"
+            in problems)
     assert "stages.prefs: judge: reward needs a reward stage in `from`" in problems
 
 

@@ -112,7 +112,8 @@ def test_overrides(make_recipe, chat_data):
     recipe = load_recipe(path, ["stages.sft.lora.r=2", "seed=11", "stages.sft.train.precision=fp32"])
     assert recipe.stages["sft"].lora.r == 2 and recipe.seed == 11
     assert problems_of(path, ["stages.sft.lora=3"])[0].startswith("stages.sft.lora: Input should be")
-    assert problems_of(path, ["stages.sft.lora.r.deep=1"]) == ["--set stages.sft.lora.r.deep=1: 'stages.sft.lora.r' is not a mapping"]
+    assert problems_of(path, ["stages.sft.lora.r.deep=1"]) == [
+        "--set stages.sft.lora.r.deep=1: 'stages.sft.lora.r' is not a mapping"]
     assert problems_of(path, ["justakey"]) == ["--set justakey: expected KEY.PATH=VALUE"]
 
 
