@@ -1,5 +1,6 @@
 """The arithmetic of RLHF PPO, on plain tensors: KL estimators, per-token rewards, GAE, clipped losses, the KL
-controllers. No models here, so every function is checked against hand-computed values in tests/unit/rl/test_ppo_math.py.
+controllers. No models here, so every function is checked against hand-computed values in
+tests/unit/rl/test_ppo_math.py.
 
 Shapes: ``[batch, response_length]`` tensors with a 0/1 (or bool) ``mask`` marking real response tokens; padding
 only ever follows a response's last token. Conventions follow Ziegler et al. (2019), InstructGPT and the
@@ -165,7 +166,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 @dataclass
 class FixedKLController:
-    """A constant KL coefficient."""
+    """A constant KL coefficient; the base of the controllers whose only state is the coefficient."""
 
     value: float
 
@@ -180,7 +181,7 @@ class FixedKLController:
 
 
 @dataclass
-class AdaptiveKLController:
+class AdaptiveKLController(FixedKLController):
     """Ziegler et al.'s proportional controller: moves the coefficient so the measured KL tracks ``target``.
 
     error = clip(KL / target - 1, -0.2, 0.2); coef *= 1 + error * min(n_steps / horizon, 1), where n_steps is the
@@ -189,7 +190,6 @@ class AdaptiveKLController:
     than 5 horizons would drive it to zero or below, which rewards KL).
     """
 
-    value: float
     target: float
     horizon: int
 
@@ -198,12 +198,6 @@ class AdaptiveKLController:
             return
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + error * min(n_steps / self.horizon, 1.0)
-
-    def state_dict(self) -> dict:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
 
 
 @dataclass

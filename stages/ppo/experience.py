@@ -16,9 +16,9 @@ from .rollout import Rollout
 
 
 @dataclass
-class Experience:
-    prompts: list[str]
-    completions: list[Completion]
+class ScoredRollout:
+    """A rollout as sampled and scored without gradients (the loop's ``score``)."""
+
     batch: Rollout
     """The prompt + response tokens, [B, prompt width + T]."""
     logprobs: torch.Tensor
@@ -32,6 +32,14 @@ class Experience:
     trunk_cache: dict[str, torch.Tensor] | None
     """With trunk sharing: the frozen layers' output per model ("policy", "value"), [B, width, hidden], so updates
     recompute only the layers above (stages/ppo/trunk.py); None without."""
+
+
+@dataclass
+class Experience(ScoredRollout):
+    """A scored rollout with what training on it needs: shaped scores, KL penalty, advantages, returns."""
+
+    prompts: list[str]
+    completions: list[Completion]
     scores: torch.Tensor
     """[B] the scores after shaping (penalties, normalisation, clipping)."""
     penalty: torch.Tensor

@@ -37,7 +37,7 @@ from pipeline.training.trainer import append_live_log, live_log_resumed_at
 
 from ..ppo_config import PPOStageConfig
 from .checkpoint import load_checkpoint, save_checkpoint
-from .experience import Experience, penalised_scores
+from .experience import Experience, ScoredRollout, penalised_scores
 from .kl_guard import KLGuard
 from .models import PolicyAndValue, make_optimizer, policy_logits, token_logprobs
 from .rollout import Rollout, prompt_schedule
@@ -48,17 +48,6 @@ from .trunk import plan_trunk
 log = logging.getLogger("pipeline")
 
 SAMPLES_FILE = "samples.jsonl"
-
-
-class Scored(NamedTuple):
-    """A rollout scored without gradients (the first half of an ``Experience``; shapes as there)."""
-
-    batch: Rollout
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    raw_scores: torch.Tensor
-    trunk_cache: dict[str, torch.Tensor] | None
 
 
 class Minibatch(NamedTuple):
@@ -147,9 +136,9 @@ class PPORun:
         penalty, advantages, returns = self.advantages(scored, scores)
         mask = scored.batch.response_mask.float()
         kl_per_response = ((scored.logprobs - scored.ref_logprobs) * mask).sum(-1)
-        return Experience(prompts, completions, scored.batch, scored.logprobs, scored.ref_logprobs, scored.values,
-                          scored.raw_scores, scored.trunk_cache, scores, penalty, advantages, returns,
-                          self._mean(kl_per_response.mean()), kl_per_response, generate_time)
+        return Experience(**vars(scored), prompts=prompts, completions=completions, scores=scores, penalty=penalty,
+                          advantages=advantages, returns=returns, kl=self._mean(kl_per_response.mean()),
+                          kl_per_response=kl_per_response, generate_time_s=generate_time)
 
     def sample(self) -> tuple[list[str], list[Completion]]:
         """Responses to this process's share of the step's prompts, from the policy as it stands."""
@@ -167,7 +156,7 @@ class PPORun:
         return prompts, completions
 
     @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[Completion]) -> Scored:
+    def score(self, prompts: list[str], completions: list[Completion]) -> ScoredRollout:
         """Log-probs (policy and reference), values and reward-model scores of a rollout, in micro-batches."""
         from trl.models.utils import unwrap_model_for_generation
 
@@ -200,8 +189,9 @@ class PPORun:
                                       device=self.accelerator.device)
             unwrapped.train()
         mask = batch.response_mask.float()
-        return Scored(batch, torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, torch.cat(values) * mask,
-                      raw_scores, {k: torch.cat(v) for k, v in cache.items()} if cache["policy"] else None)
+        return ScoredRollout(batch, torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask,
+                             torch.cat(values) * mask, raw_scores,
+                             {k: torch.cat(v) for k, v in cache.items()} if cache["policy"] else None)
 
     def _reference_logprobs(self, policy, part: Rollout) -> torch.Tensor:
         width = part.response_ids.shape[1]
@@ -235,7 +225,8 @@ class PPORun:
             scores = scores.clamp(-config.score_clip, config.score_clip)
         return scores
 
-    def advantages(self, scored: Scored, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def advantages(self, scored: ScoredRollout, scores: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-token KL penalty, whitened GAE advantages, returns) of a scored rollout."""
         config = self.config
         mask = scored.batch.response_mask.float()
