@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from support import CHAT_ROWS, write_jsonl  # noqa: E402
+from support.upstream import SharedUpstreams  # noqa: E402
 
 
 @pytest.fixture
@@ -58,3 +59,20 @@ def tiny_model(tiny_path):
     from pipeline.models.loading import load_causal_lm
 
     return load_causal_lm(tiny_path, "float32")
+
+
+@pytest.fixture(scope="session")
+def upstreams(tmp_path_factory):
+    """Upstream runs built once per session and shared by every module (support/upstream.py): ``get(recipe,
+    stages)``. Never write into one: copy it (support.copy_artifacts). At the end of the session, any file changed in
+    them is an error."""
+    shared = SharedUpstreams(tmp_path_factory.mktemp("upstreams"))
+    yield shared
+    shared.check_untouched()
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(upstreams) -> Path:
+    """recipes/tiny.yaml's SFT policy (an unmerged LoRA adapter), preference pairs and reward model, built once per
+    session (recipes/online.yaml's are the same stages: the same folder)."""
+    return upstreams.get()

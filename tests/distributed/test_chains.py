@@ -64,7 +64,8 @@ def test_sampling_shared_by_two_processes_gives_what_one_process_gives(tmp_path,
     cuts = ["--set", "evaluate.n=24", "--set", "evaluate.sampling.batch_size=4", "--set",
             "stages.sft.train.max_steps=4", "--set", "stages.preferences.n_prompts=10", "--set",
             "stages.preferences.sampling.batch_size=4"]
-    only = [a for s in ("eval-base", "eval-sft", "preferences") for option in ("--only", "--force") for a in (option, s)]
+    only = [a for s in ("eval-base", "eval-sft", "preferences")
+            for option in ("--only", "--force") for a in (option, s)]
     one, two = tmp_path / "one", tmp_path / "two"
     sft = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(one), "--only", "sft", *cuts, timeout=600)
     assert sft.returncode == 0, sft.stderr[-3000:]

@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import ACCELERATE, ROOT, build_upstream, copy_artifacts, launcher, run_cli
-
-TINY = ROOT / "recipes" / "tiny.yaml"
-UPSTREAM = ("sft", "preferences", "reward")
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    return build_upstream(TINY, tmp_path_factory.mktemp("upstream"), UPSTREAM)
+from support import ACCELERATE, copy_artifacts, launcher, run_cli
+from support.upstream import TINY, UPSTREAM
 
 
 @pytest.fixture
-def out(upstream, tmp_path) -> Path:
-    return copy_artifacts(upstream, tmp_path / "out", UPSTREAM)
+def out(tiny_upstream, tmp_path) -> Path:
+    """A copy of the session's tiny upstream (tests/conftest.py), which the launched processes write into."""
+    return copy_artifacts(tiny_upstream, tmp_path / "out", UPSTREAM)
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from pipeline.graph.plan import make_plan
 from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from support import RECIPES, build_upstream, copy_artifacts, run_cli
+from support import RECIPES, copy_artifacts, run_cli
+from support.upstream import UPSTREAM
 
 pytestmark = pytest.mark.slow  # three runs of each stage, in fresh processes
 
@@ -32,12 +33,10 @@ CASES = {  # kind: (recipe, upstream stages, overrides for a short stage)
 
 
 @pytest.fixture(scope="module")
-def upstreams(tmp_path_factory) -> dict[str, Path]:
-    built = {}
-    for recipe in ("tiny.yaml", "online.yaml"):
-        built[recipe] = build_upstream(RECIPES / recipe, tmp_path_factory.mktemp(recipe.split(".")[0]),
-                                       ("sft", "preferences", "reward"))
-    return built
+def built(upstreams) -> dict[str, Path]:
+    """Each recipe's sft, preferences and reward, from the session's shared upstreams (tests/conftest.py: online.yaml's
+    are tiny.yaml's, one folder); the tests copy them."""
+    return {recipe: upstreams.get(RECIPES / recipe, UPSTREAM) for recipe in ("tiny.yaml", "online.yaml")}
 
 
 def comparable(metrics: dict) -> dict:
@@ -52,14 +51,14 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_kill_during_a_checkpoint_write_resumes_to_the_uninterrupted_result(case, upstreams, tmp_path):
+def test_kill_during_a_checkpoint_write_resumes_to_the_uninterrupted_result(case, built, tmp_path):
     recipe, upstream, overrides = CASES[case]
     kind = case.split(":")[0]
     settings = [*overrides, f"stages.{kind}.train.save_steps=2", f"stages.{kind}.train.logging_steps=1",
                 f"stages.{kind}.train.callbacks=[support.callbacks:KillDuringSave]", "evaluate=null"]
     args = ["run", str(RECIPES / recipe), "--only", kind, *[a for s in settings for a in ("--set", s)]]
-    killed_out = copy_artifacts(upstreams[recipe], tmp_path / "killed", upstream)
-    clean_out = copy_artifacts(upstreams[recipe], tmp_path / "clean", upstream)
+    killed_out = copy_artifacts(built[recipe], tmp_path / "killed", upstream)
+    clean_out = copy_artifacts(built[recipe], tmp_path / "clean", upstream)
 
     killed = run_cli(*args, "--output-dir", str(killed_out), env={"PROBE_KILL_DURING_SAVE": "4"})
     assert killed.returncode == 9, killed.stderr[-3000:]
@@ -85,7 +84,7 @@ def test_kill_during_a_checkpoint_write_resumes_to_the_uninterrupted_result(case
         assert resumed_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
-def test_ppo_killed_while_writing_a_checkpoint(upstreams, tmp_path, monkeypatch):
+def test_ppo_killed_while_writing_a_checkpoint(tiny_upstream, tmp_path, monkeypatch):
     from stages.ppo import checkpoint
 
     settings = ["stages.ppo.train.max_steps=6", "stages.ppo.train.save_steps=2", "stages.ppo.train.logging_steps=1",
@@ -94,9 +93,8 @@ def test_ppo_killed_while_writing_a_checkpoint(upstreams, tmp_path, monkeypatch)
     def plan_for(out: Path):
         return make_plan(load_recipe(RECIPES / "tiny.yaml", [f"output_dir={out}", *settings]), only=["ppo"])
 
-    upstream = ("sft", "preferences", "reward")
-    clean_out = copy_artifacts(upstreams["tiny.yaml"], tmp_path / "clean", upstream)
-    killed_out = copy_artifacts(upstreams["tiny.yaml"], tmp_path / "killed", upstream)
+    clean_out = copy_artifacts(tiny_upstream, tmp_path / "clean", UPSTREAM)
+    killed_out = copy_artifacts(tiny_upstream, tmp_path / "killed", UPSTREAM)
     run_plan(plan_for(clean_out))
 
     original = checkpoint.write_json
@@ -124,6 +122,7 @@ def test_ppo_killed_while_writing_a_checkpoint(upstreams, tmp_path, monkeypatch)
     assert resumed.keys() == clean.keys()
     for key, value in clean.items():
         if key != "ppo_steps_run":
-            assert resumed[key] == (pytest.approx(value, rel=1e-4, abs=1e-5) if isinstance(value, float) else value), key
+            expected = pytest.approx(value, rel=1e-4, abs=1e-5) if isinstance(value, float) else value
+            assert resumed[key] == expected, key
     assert resumed["ppo_steps_run"] == 4 and clean["ppo_steps_run"] == 6
     shutil.rmtree(killed_out / ".work", ignore_errors=True)

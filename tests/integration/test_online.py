@@ -15,10 +15,10 @@ from pipeline.errors import RecipeError
 from pipeline.graph.plan import make_plan
 from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from support import ROOT, build_upstream, copy_artifacts, run_cli
+from support import ROOT, copy_artifacts, run_cli
+from support.upstream import UPSTREAM
 
 ONLINE = ROOT / "recipes" / "online.yaml"
-UPSTREAM = ("sft", "preferences", "reward")
 KINDS = ("grpo", "rloo")
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
@@ -34,9 +34,10 @@ def short(kind: str, steps: int = 4) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """The recipe's SFT policy (an unmerged LoRA adapter), preference pairs and reward model, built once."""
-    return build_upstream(ONLINE, tmp_path_factory.mktemp("upstream"), UPSTREAM)
+def upstream(upstreams) -> Path:
+    """The recipe's SFT policy (an unmerged LoRA adapter), preference pairs and reward model, built once per session
+    (the stage blocks are tiny.yaml's: the same folder as the ``tiny_upstream`` fixture's). Read it, never write."""
+    return upstreams.get(ONLINE, UPSTREAM)
 
 
 @pytest.fixture
@@ -61,7 +62,8 @@ def test_lora_policy_moves_off_sft_and_reloads_with_plain_peft(out, kind):
                       f"stages.{kind}.train.learning_rate=3e-2", *short(kind), only=(kind,)))
     folder = out / kind
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["output"]["format"] == "adapter" and manifest["output"]["base"]["path"].startswith("../../.bases/sft-")
+    assert manifest["output"]["format"] == "adapter" and manifest["output"]["base"]["path"].startswith(
+        "../../.bases/sft-")
 
     # TRL's per-step reward and KL figures, in the log and summarised in metrics.json
     steps = logged(folder)

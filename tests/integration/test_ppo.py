@@ -15,10 +15,8 @@ from pipeline.errors import PipelineError, RecipeError
 from pipeline.graph.plan import make_plan
 from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
-from support import ROOT, build_upstream, copy_artifacts
-
-TINY = ROOT / "recipes" / "tiny.yaml"
-UPSTREAM = ("sft", "preferences", "reward")
+from support import copy_artifacts
+from support.upstream import TINY, UPSTREAM
 
 
 def plan_for(out: Path, *overrides: str, only=("ppo",)):
@@ -26,16 +24,11 @@ def plan_for(out: Path, *overrides: str, only=("ppo",)):
     return make_plan(recipe, only=list(only))
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """The tiny recipe's SFT policy, preference pairs and reward model, built once for this module."""
-    return build_upstream(TINY, tmp_path_factory.mktemp("upstream"), UPSTREAM)
-
-
 @pytest.fixture
-def out(upstream, tmp_path) -> Path:
-    """A fresh output folder holding copies of the upstream artifacts."""
-    return copy_artifacts(upstream, tmp_path / "out", UPSTREAM)
+def out(tiny_upstream, tmp_path) -> Path:
+    """A fresh output folder holding copies of the tiny recipe's SFT policy, preference pairs and reward model (built
+    once per session: tests/conftest.py)."""
+    return copy_artifacts(tiny_upstream, tmp_path / "out", UPSTREAM)
 
 
 def history(folder: Path) -> list[dict]:
@@ -192,7 +185,7 @@ def test_trunk_sharing_is_exact(out, tmp_path, caplog):
     differ = [(a["step"], key, a[key], b[key]) for a, b in zip(shared, separate) for key in a
               if key not in TIMING and isinstance(a[key], float) and not abs(a[key] - b[key]) <= 1e-5]
     assert not differ, "\n".join(map(str, differ))
-    adapters = load_file(out / "ppo" / "adapter_model.safetensors"), load_file(plain / "ppo" / "adapter_model.safetensors")
+    adapters = [load_file(folder / "ppo" / "adapter_model.safetensors") for folder in (out, plain)]
     assert adapters[0].keys() == adapters[1].keys()
     for key in adapters[0]:
         assert (adapters[0][key] - adapters[1][key]).abs().max().item() <= 1e-5, key
@@ -258,7 +251,7 @@ def test_an_undone_update_leaves_no_trace(out, monkeypatch):
 
     monkeypatch.setattr(ppo_math, "leaves_band", lambda *args: True)
     weights = []
-    original = ppo_module.PPORun._train_on
+    original = ppo_module.PPORun.update
 
     def recording(self, *args):
         stats = original(self, *args)
@@ -266,7 +259,7 @@ def test_an_undone_update_leaves_no_trace(out, monkeypatch):
                                          if p.requires_grad]) for name in ("policy", "value")})
         return stats
 
-    monkeypatch.setattr(ppo_module.PPORun, "_train_on", recording)
+    monkeypatch.setattr(ppo_module.PPORun, "update", recording)
     run_plan(plan_for(out, *SHARED[:2], "stages.ppo.train.max_steps=3", "stages.ppo.train.logging_steps=1",
                       "stages.ppo.train.learning_rate=3e-2", "stages.ppo.train.batch_size=8",
                       "stages.ppo.train.gradient_accumulation_steps=2", "stages.ppo.kl={target: 4.0, guard: 1.2}"))
@@ -281,8 +274,8 @@ def test_an_undone_update_leaves_no_trace(out, monkeypatch):
 
 
 def test_kl_guard_is_refused_under_deepspeed(out, monkeypatch):
-    from stages.ppo import loop as ppo_module
+    from stages.ppo import setup as ppo_setup
 
-    monkeypatch.setattr(ppo_module, "uses_deepspeed", lambda accelerator: True)
+    monkeypatch.setattr(ppo_setup, "uses_deepspeed", lambda accelerator: True)
     with pytest.raises(PipelineError, match="kl.guard undoes an update .* DeepSpeed partitions"):
         run_plan(plan_for(out, "stages.ppo.train.max_steps=1", "stages.ppo.kl={target: 4.0, guard: 1.2}"))

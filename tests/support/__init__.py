@@ -81,7 +81,8 @@ def run_cli(*args: str, cwd: Path = ROOT, launcher: list[str] | None = None, tim
 
 
 def build_upstream(recipe: Path, out: Path, stages: tuple[str, ...]) -> Path:
-    """Run ``stages`` of a recipe into ``out`` (no gold evaluation); for module-scoped fixtures."""
+    """Run ``stages`` of a recipe into ``out`` (no gold evaluation); the session's shared upstreams are built with it
+    (support/upstream.py, the ``upstreams`` fixture)."""
     from pipeline.graph.plan import make_plan
     from pipeline.graph.runner import run_plan
     from pipeline.recipe import load_recipe

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate as evaluation
@@ -12,6 +11,7 @@ from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.generation import Completion
 from pipeline.evaluation.settings import EvalSettings
 from pipeline.models.loading import load_causal_lm
+from support.models import perturbed
 
 PROMPTS = ["Say hello.", "What is 2 plus 2 and then some more words?", "the film", "a", "one two three four five"]
 
@@ -24,17 +24,6 @@ def tokenizer(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def model(tiny_path):
     return load_causal_lm(tiny_path, "float32")
-
-
-def perturbed(path: str, scale: float = 0.2, seed: int = 0):
-    """A copy of the tiny model with seeded noise on every matrix: sharper, more varied next-token distributions."""
-    model = load_causal_lm(path, "float32")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.add_(torch.randn(weight.shape, generator=generator) * scale)
-    return model
 
 
 def _eval_settings(**sampling) -> EvalSettings:

@@ -10,6 +10,7 @@ import torch
 from pipeline.evaluation.generation import Completion, completion_logprobs, generate, render_prompts
 from pipeline.evaluation.settings import SamplingSettings
 from pipeline.models.loading import load_causal_lm, load_tokenizer
+from support.models import perturbed
 
 PROMPTS = ["Say hello.", "What is 2 plus 2 and then some more words?", "the film", "a", "one two three four five"]
 
@@ -22,17 +23,6 @@ def tokenizer(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def model(tiny_path):
     return load_causal_lm(tiny_path, "float32")
-
-
-def perturbed(path: str, scale: float = 0.2, seed: int = 0):
-    """A copy of the tiny model with seeded noise on every matrix: sharper, more varied next-token distributions."""
-    model = load_causal_lm(path, "float32")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.add_(torch.randn(weight.shape, generator=generator) * scale)
-    return model
 
 
 def manual_logprobs(model, completion: Completion) -> torch.Tensor:
