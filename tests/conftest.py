@@ -30,8 +30,9 @@ def make_recipe(tmp_path):
     """Write a recipe YAML into tmp_path and return its path; output goes to tmp_path/out."""
 
     def make(stages: dict, name: str = "t", **top) -> Path:
-        recipe = {"name": name, "seed": 7, "model": "builtin:tiny-llama", "output_dir": str(tmp_path / "out"), **top,
-                  "stages": stages}
+        # float32: the same numbers on every CPU (dtype auto would pick bf16 where it is native)
+        recipe = {"name": name, "seed": 7, "model": {"source": "builtin:tiny-llama", "dtype": "float32"},
+                  "output_dir": str(tmp_path / "out"), **top, "stages": stages}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         return path

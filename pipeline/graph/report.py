@@ -24,7 +24,8 @@ def report_rows(plan: Plan) -> list[dict]:
             continue
         target = output.target
         kind = plan.recipe.stages[target].kind if target in plan.recipe.stages else "base model"
-        rows.append({"target": target, "kind": kind, "node": stage.name, **data})
+        rows.append({"target": target, "kind": kind, "node": stage.name, **data,
+                     "dtype": artifact.manifest.get("dtype")})
     rows.sort(key=lambda r: r["target"] != "base")
     return rows
 
@@ -47,14 +48,14 @@ def format_report(rows: list[dict]) -> str:
     lines = [
         f"gold evaluation (judge {judge}, n={rows[0].get('n')}; KL to each stage's starting policy)",
         f"{'target':<14}{'kind':<12}{'gold mean':>10}  {'95% CI':<18}{f'>{threshold}':>7}{'KL':>8}"
-        f"{'dist-1':>8}{'dist-2':>8}{'repeat':>8}{'len':>6}",
+        f"{'dist-1':>8}{'dist-2':>8}{'repeat':>8}{'len':>6}  dtype",
     ]
     for r in rows:
         lo, hi = r["gold_ci95"]
         lines.append(
             f"{r['target']:<14}{r['kind']:<12}{r['gold_mean']:>10.3f}  [{lo:.3f}, {hi:.3f}]{'':<3}"
             f"{r['gold_share_above']:>7.2f}{r['kl_mean']:>8.3f}{r['distinct_1']:>8.3f}{r['distinct_2']:>8.3f}"
-            f"{share_text(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}"
+            f"{share_text(r.get('repetition_share')):>8}{r['mean_length']:>6.1f}  {r.get('dtype') or '-'}"
         )
     panel = [name for name in rows[0].get("judges", {})]
     for name in panel:  # the other judges of evaluate.judges, one line each

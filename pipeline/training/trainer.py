@@ -16,16 +16,23 @@ from .distributed import on_gpu, world_size
 log = logging.getLogger("pipeline")
 
 
-def precision_flags(precision: str) -> dict:
-    """bf16/fp16 flags for TrainingArguments. TRL defaults to bf16=True, which fails on CPU, so always say."""
+def precision_flags(precision: str, model_dtype: str) -> dict:
+    """bf16/fp16 flags for TrainingArguments. TRL defaults to bf16=True, which fails on CPU, so always say.
+    auto: bf16 on a GPU that supports it; on a CPU, the weights' own dtype (bf16 compute only where the recipe's
+    dtype made the weights bf16, which ``dtype: auto`` does where bf16 is native)."""
     import torch
 
+    from ..models.loading import resolved_dtype
+
     if precision == "auto":
-        precision = "bf16" if on_gpu() and torch.cuda.is_bf16_supported() else "fp32"
+        if on_gpu():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            precision = "bf16" if resolved_dtype(model_dtype) == "bfloat16" else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bool) -> dict:
+def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bool, model_dtype: str) -> dict:
     """Keyword arguments common to every TRL config (SFTConfig, RewardConfig, DPOConfig, ...)."""
     cpu = not on_gpu()
     kwargs = dict(
@@ -60,7 +67,7 @@ def trainer_kwargs(train: TrainSettings, work_dir: Path, seed: int, has_eval: bo
         ddp_backend="gloo" if cpu and world_size() > 1 else None,
         dataloader_num_workers=0,
         disable_tqdm=False,  # otherwise it follows transformers' log level, and prints every log dict instead
-        **precision_flags(train.precision),
+        **precision_flags(train.precision, model_dtype),
     )
     return kwargs
 
@@ -282,7 +289,8 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
     config fields (``method_args``), LoRA from ``lora`` (None: full fine-tuning), the user's callbacks; then train
     (resuming from a checkpoint), measure and save the log. ``prepare(trainer)`` runs before training.
     Returns (trainer, metrics); the stage saves what it produced."""
-    args = config_class(**{**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None),
+    args = config_class(**{**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None,
+                                           model_dtype=ctx.recipe.model.dtype),
                            **tracking(ctx, train)}, **(method_args or {}))
     guard = guard_callback(ctx)
     trainer = trainer_class(

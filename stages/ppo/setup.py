@@ -94,7 +94,7 @@ def make_accelerator(ctx: StageContext, config: PPOStageConfig):
     """The stage's Accelerator, with its trackers started and DeepSpeed's batch entries filled. Created after the
     models are loaded (see ``load_models``); any earlier stage's mixed-precision settings are dropped."""
     train = config.train
-    flags = precision_flags(train.precision)
+    flags = precision_flags(train.precision, ctx.recipe.model.dtype)
     report_to = list(train.report_to)
     if report_to:
         tracking(ctx, train)  # the trackers' own libraries read their folders from the environment

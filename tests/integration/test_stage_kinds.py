@@ -75,7 +75,8 @@ def write_kind(folder: Path, kind: str, cls: str, accepts: dict, suffix: str, co
 def recipe(tmp_path) -> Path:
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "toy", "model": "builtin:tiny-llama", "output_dir": str(tmp_path / "out"),
+        "name": "toy", "model": {"source": "builtin:tiny-llama", "dtype": "float32"},
+        "output_dir": str(tmp_path / "out"),
         "stages": {"make": {"kind": "toy", "pairs": 4}, "filter": {"kind": "toyfilter", "from": "make"}},
     }))
     return path
