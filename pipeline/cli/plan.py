@@ -25,7 +25,6 @@ def add_parser(commands) -> None:
 def handle(args) -> int:
     from ..graph.plan import Action
     from ..models.estimate import Layout, estimate, local_weights
-    from ..models.loading import resolved_dtype
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
     variants = plans(args, layout.processes)
@@ -39,7 +38,7 @@ def handle(args) -> int:
                   "  reason")
         print(header)
         print("-" * len(header))
-        dtype = resolved_dtype(recipe.model.dtype)
+        dtype = recipe.model.run_dtype
         weights = local_weights(plan.base_model_path, recipe.model.revision)  # a hub model: its cached snapshot
         for stage in plan.stages:
             config = recipe.stages[stage.name]

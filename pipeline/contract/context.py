@@ -26,13 +26,13 @@ BASES = ".bases"
 def base_source(recipe: Recipe, base_model_path: str) -> PolicySource:
     """The recipe's base model as a policy source."""
     model = recipe.model
-    return PolicySource(base_model_path, False, model.dtype, model.trust_remote_code, model.revision,
+    return PolicySource(base_model_path, False, model.run_dtype, model.trust_remote_code, model.revision,
                         model.quantization, chat_template=model.chat_template)
 
 
 def artifact_source(recipe: Recipe, path: Path) -> PolicySource:
     """A policy stage's artifact folder as a policy source, loaded with the recipe's model settings."""
-    return PolicySource(str(path), True, recipe.model.dtype, recipe.model.trust_remote_code,
+    return PolicySource(str(path), True, recipe.model.run_dtype, recipe.model.trust_remote_code,
                         chat_template=recipe.model.chat_template)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from ..artifacts.artifact import Artifact
 from ..data.cards import files_behind
 from ..errors import PipelineError
-from ..models.loading import resolved_dtype
 from ..models.sources import fingerprint_folder, resolve
 from ..recipe.graph import downstream_of, topological_order
 from ..recipe.schema import Recipe
@@ -121,7 +120,7 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
         # a local folder is known by its content, wherever it lies; builtin names and hub ids by their name
         "source": model.source if not Path(model.source).is_absolute() else "(local folder)",
         "revision": model.revision,
-        "dtype": resolved_dtype(model.dtype),  # auto means different weights on different machines
+        "dtype": model.run_dtype,  # auto means different weights on different machines
         "quantization": model.quantization,
         "fingerprint": fingerprint_folder(base_model_path),
         **({"chat_template": digest(model.chat_template)} if model.chat_template is not None else {}),

@@ -23,7 +23,6 @@ from ..artifacts.outputs import StageResult, output_to_dict
 from ..artifacts.policy import repoint_adapters
 from ..contract.context import StageContext
 from ..errors import PipelineError, TrainingDiverged, storage_error
-from ..models.loading import resolved_dtype
 from ..recipe.kinds import stage_module
 from ..store.atomic import replace_dir, write_json
 from ..store.lock import OutputLock
@@ -285,7 +284,7 @@ def _manifest(plan: Plan, stage: StagePlan, ctx: StageContext, execution: _Execu
         "world_size": state.num_processes,
         "distributed_type": current_distributed_type(),
         "device": str(state.device),
-        "dtype": resolved_dtype(recipe.model.dtype),
+        "dtype": recipe.model.run_dtype,
         **({"peak_gpu_memory_mib": _gpu_memory_peak()} if execution.gpu else {}),
         "wall_time_s": round(execution.wall, 3),
         "import_time_s": round(execution.import_time, 3),

@@ -32,18 +32,21 @@ def native_bf16() -> bool:
 
 
 def resolved_dtype(name: str) -> str:
-    """A recipe's dtype name as this machine runs it: auto is bfloat16 where bf16 is native (``native_bf16``),
-    float32 elsewhere; the others are themselves."""
+    """A recipe's `model.dtype` as this machine runs it: auto is bfloat16 where bf16 is native (``native_bf16``),
+    float32 elsewhere; the others are themselves. (Read through ``ModelSpec.run_dtype``.)"""
     if name == "auto":
         return "bfloat16" if native_bf16() else "float32"
     return name
 
 
 def torch_dtype(name: str):
-    """The torch dtype for a recipe dtype name (auto: see ``resolved_dtype``)."""
+    """The torch dtype for a dtype name. A loader's own default auto is bf16 on GPUs that support it, fp32 elsewhere:
+    loading an artifact or a judge outside a recipe keeps full precision on a CPU."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolved_dtype(name)]
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):

@@ -29,7 +29,8 @@ class ModelSpec(Strict):
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """dtype the weights are loaded in. auto: float32 on CPU, bfloat16 on a GPU that supports it."""
+    """dtype the weights are loaded in. auto: bfloat16 where this machine multiplies bf16 natively (a GPU that supports
+    it, a CPU with AVX512-BF16 or AMX), float32 elsewhere; manifests and the gold table say which one ran."""
     quantization: Literal["4bit", "8bit"] | None = None
     """Load the base weights quantised with bitsandbytes (4bit: nf4 with double quantisation) to save memory;
     training then updates LoRA adapters only (QLoRA)."""
@@ -39,6 +40,14 @@ class ModelSpec(Strict):
     """A Jinja chat template (the text itself, or a .jinja file) for a base model that has none, or to replace the
     one it has. Every stage renders conversations with it (training, sampling, evaluation) and every artifact's
     tokenizer carries it."""
+
+    @property
+    def run_dtype(self) -> str:
+        """The dtype the weights load in on this machine: auto is bfloat16 where bf16 matmuls are native (a GPU that
+        supports them, a CPU with AVX512-BF16 or AMX), float32 elsewhere (on AVX2 bf16 is emulated and slower)."""
+        from ..models.loading import resolved_dtype
+
+        return resolved_dtype(self.dtype)
 
     @field_validator("chat_template")
     @classmethod

@@ -34,7 +34,7 @@ def reward_model(ctx):
 
     upstream = ctx.upstream_of("reward_model")
     folder = str(upstream.path)
-    model = load_sequence_classifier(folder, ctx.recipe.model.dtype)
+    model = load_sequence_classifier(folder, ctx.recipe.model.run_dtype)
     # TRL names the reward's log keys after the model's name (rewards/<name>/mean): the stage's, not its folder's
     model.config._name_or_path = upstream.manifest.get("stage", upstream.path.name)
     return model.eval().requires_grad_(False), load_tokenizer(folder)
@@ -52,7 +52,7 @@ def start_policy(ctx, config: OnlineStageConfig):
     if config.lora is not None:
         return source.load()
     if config.beta > 0 and source.is_artifact:
-        model = load_causal_lm(ctx.dense_start(), ctx.recipe.model.dtype, ctx.recipe.model.trust_remote_code)
+        model = load_causal_lm(ctx.dense_start(), ctx.recipe.model.run_dtype, ctx.recipe.model.trust_remote_code)
     else:
         model = source.load()
     # An upstream adapter merged by peft comes back with every weight frozen; full fine-tuning trains them all.

@@ -290,7 +290,7 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
     (resuming from a checkpoint), measure and save the log. ``prepare(trainer)`` runs before training.
     Returns (trainer, metrics); the stage saves what it produced."""
     args = config_class(**{**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None,
-                                           model_dtype=ctx.recipe.model.dtype),
+                                           model_dtype=ctx.recipe.model.run_dtype),
                            **tracking(ctx, train)}, **(method_args or {}))
     guard = guard_callback(ctx)
     trainer = trainer_class(

@@ -56,7 +56,7 @@ def load_models(ctx: StageContext, config: PPOStageConfig) -> PPOModels:
     # when the Accelerator prepares the model.
     policy = source.load()
     # QLoRA: the reward/value backbone is quantised like the policy; only adapters train
-    reward = load_sequence_classifier(reward_path, ctx.recipe.model.dtype, ctx.recipe.model.quantization)
+    reward = load_sequence_classifier(reward_path, ctx.recipe.model.run_dtype, ctx.recipe.model.quantization)
     reward.config.pad_token_id = pad_id
     # Dropout would make the first PPO ratio differ from 1 for no reason (TRL's PPO turns it off too).
     disable_dropout_in_model(policy)
@@ -94,7 +94,7 @@ def make_accelerator(ctx: StageContext, config: PPOStageConfig):
     """The stage's Accelerator, with its trackers started and DeepSpeed's batch entries filled. Created after the
     models are loaded (see ``load_models``); any earlier stage's mixed-precision settings are dropped."""
     train = config.train
-    flags = precision_flags(train.precision, ctx.recipe.model.dtype)
+    flags = precision_flags(train.precision, ctx.recipe.model.run_dtype)
     report_to = list(train.report_to)
     if report_to:
         tracking(ctx, train)  # the trackers' own libraries read their folders from the environment

@@ -1,7 +1,7 @@
-"""dtype auto: bf16 where this machine multiplies bf16 natively (a GPU that supports it, a CPU with AVX512-BF16 or
-AMX), fp32 elsewhere (on AVX2 bf16 is emulated and slower); precision auto follows the weights on a CPU; the plan
-fingerprints the dtype a machine actually uses, so auto's artifacts from one kind of machine are not reused on
-another."""
+"""A recipe's dtype auto: bf16 where this machine multiplies bf16 natively (a GPU that supports it, a CPU with
+AVX512-BF16 or AMX), fp32 elsewhere (on AVX2 bf16 is emulated and slower); precision auto follows the weights on a CPU;
+the plan fingerprints the dtype a machine actually uses, so auto's artifacts from one kind of machine are not reused
+on another."""
 
 from __future__ import annotations
 
@@ -29,9 +29,13 @@ def test_auto_is_bf16_only_where_the_cpu_multiplies_bf16(cpu, flags, native):
     cpu(*flags)
     assert loading.native_bf16() is native
     assert loading.resolved_dtype("auto") == ("bfloat16" if native else "float32")
-    assert loading.torch_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+    from pipeline.recipe.schema import ModelSpec
+
+    assert ModelSpec(source="builtin:tiny-llama").run_dtype == ("bfloat16" if native else "float32")
     for name in ("float32", "bfloat16", "float16"):
         assert loading.resolved_dtype(name) == name
+    # a loader's own default (an artifact or a judge loaded outside a recipe) keeps full precision on a CPU
+    assert loading.torch_dtype("auto") == torch.float32
 
 
 def test_precision_auto_follows_the_weights_on_a_cpu(cpu):
