@@ -38,7 +38,7 @@ def run(ctx: StageContext) -> StageResult:
 
     start = ctx.start_folder()
     quantization = ctx.recipe.model.quantization
-    model = load_sequence_classifier(start, ctx.recipe.model.dtype, quantization)
+    model = load_sequence_classifier(start, ctx.recipe.model.run_dtype, quantization)
     model.config.pad_token_id = tokenizer.pad_token_id
 
     def keep_head_in_model_dtype(trainer) -> None:
@@ -47,7 +47,7 @@ def run(ctx: StageContext) -> StageResult:
             # the fully trained score head then gets float32 inputs it cannot multiply: keep them in the model's dtype.
             for param in trainer.model.parameters():
                 if param.requires_grad:
-                    param.data = param.data.to(torch_dtype(ctx.recipe.model.dtype))
+                    param.data = param.data.to(torch_dtype(ctx.recipe.model.run_dtype))
 
     trainer, metrics = train_with_trl(
         ctx, RewardTrainer, RewardConfig, train=config.train, model=model, tokenizer=tokenizer,
@@ -59,8 +59,7 @@ def run(ctx: StageContext) -> StageResult:
         prepare=keep_head_in_model_dtype,
     )
     if eval_rows:
-        metrics.update({k: v for k, v in trainer.evaluate().items() if k != "eval_accuracy"})
-        metrics.update(_heldout_metrics(ctx, RewardModel(trainer.model, tokenizer), eval_rows))
+        metrics.update(_eval_metrics(ctx, trainer, RewardModel(trainer.model, tokenizer), eval_rows))
     _save(ctx, trainer, tokenizer, is_adapter=config.lora is not None, dense_start=start if quantization else None)
     adapter_base = None
     if config.lora is not None:
@@ -70,13 +69,85 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(RewardModelOutput("adapter" if config.lora else None, adapter_base), metrics)
 
 
-def _heldout_metrics(ctx: StageContext, scorer: RewardModel, rows: list[dict]) -> dict:
+def _eval_metrics(ctx: StageContext, trainer, scorer: RewardModel, rows: list[dict]) -> dict:
+    """The held-out metrics, from one scoring pass over every pair: TRL's evaluation figures (``trainer_eval_metrics``,
+    eval_accuracy left out) and the exact ones (``_heldout_metrics``). Where TRL's evaluation would score other token
+    ids (string rows, to which it appends EOS) or batch across processes, ``trainer.evaluate()`` gives its figures
+    instead."""
+    import time
+
+    start = time.time()
+    prompts = [r["prompt"] for r in rows]
+    chosen_ids = scorer.token_ids(prompts, [r["chosen"] for r in rows])
+    rejected_ids = scorer.token_ids(prompts, [r["rejected"] for r in rows])
+    chosen, rejected = scorer.score_ids(chosen_ids), scorer.score_ids(rejected_ids)
+    trl = trainer_eval_metrics(trainer, rows, chosen_ids, rejected_ids, chosen, rejected, start)
+    if trl is None:
+        trl = trainer.evaluate()
+    trl.pop("eval_accuracy", None)  # batch-averaged: _heldout_metrics gives the exact one
+    return {**trl, **_heldout_metrics(ctx, rows, chosen, rejected)}
+
+
+def trainer_eval_metrics(trainer, rows: list[dict], chosen_ids: list[list[int]], rejected_ids: list[list[int]],
+                         chosen: list[float], rejected: list[float], start: float) -> dict | None:
+    """What ``trainer.evaluate()`` returns (and logs), computed from rewards already scored: None where TRL's
+    evaluation does not score exactly these pairs and token ids in one process.
+
+    TRL's evaluation keeps the pairs whose chosen and rejected ids both fit max_length, in order, in batches of
+    eval_batch_size. Its loss is the mean over pairs of -log sigmoid(chosen - rejected [- margin]) [+ coef *
+    (chosen + rejected)^2]; its accuracy, margin (chosen - rejected) and min, mean and max reward (of the batch's
+    chosen and rejected rewards together) are per-batch figures averaged over the batches; eval_num_tokens is the
+    number of training tokens; eval_runtime and the rates time this scoring pass."""
+    import math
+
+    from transformers.trainer_utils import speed_metrics
+
+    args = trainer.args
+    trained_tokens = getattr(trainer, "_total_train_tokens", None)  # what TRL reports as eval_num_tokens
+    if args.world_size > 1 or args.max_length is None or trained_tokens is None:
+        return None
+    kept = [i for i in range(len(rows))
+            if len(chosen_ids[i]) <= args.max_length and len(rejected_ids[i]) <= args.max_length]
+    dataset = trainer.eval_dataset
+    if not kept or ([(chosen_ids[i], rejected_ids[i]) for i in kept]
+                    != list(zip(dataset["chosen_ids"], dataset["rejected_ids"]))):
+        return None
+    use_margin = "margin" in dataset.column_names
+    pair_loss = [_softplus(rejected[i] - chosen[i] + (rows[i]["margin"] if use_margin else 0.0))
+                 + (args.center_rewards_coefficient or 0.0) * (chosen[i] + rejected[i]) ** 2 for i in kept]
+    size = args.eval_batch_size
+    batches = [kept[b : b + size] for b in range(0, len(kept), size)]
+    per_batch: dict[str, list[float]] = {key: [] for key in ("min_reward", "mean_reward", "max_reward", "accuracy",
+                                                              "margin")}
+    for batch in batches:
+        rewards = [chosen[i] for i in batch] + [rejected[i] for i in batch]
+        per_batch["min_reward"].append(min(rewards))
+        per_batch["mean_reward"].append(math.fsum(rewards) / len(rewards))
+        per_batch["max_reward"].append(max(rewards))
+        per_batch["accuracy"].append(sum(chosen[i] > rejected[i] for i in batch) / len(batch))
+        per_batch["margin"].append(math.fsum(chosen[i] - rejected[i] for i in batch) / len(batch))
+    metrics = {"eval_loss": math.fsum(pair_loss) / len(kept),
+               **speed_metrics("eval", start, num_samples=len(kept), num_steps=len(batches)),
+               "eval_num_tokens": float(trained_tokens),
+               **{f"eval_{key}": sum(values) / len(values) for key, values in per_batch.items()}}
+    # as evaluate() does: the log, the trackers and the callbacks get them (trainer.log adds the epoch)
+    trainer.log(metrics)
+    trainer.control = trainer.callback_handler.on_evaluate(args, trainer.state, trainer.control, metrics)
+    return metrics
+
+
+def _softplus(x: float) -> float:
+    """log(1 + e^x), which is -log sigmoid(-x), without overflow."""
+    import math
+
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _heldout_metrics(ctx: StageContext, rows: list[dict], chosen: list[float], rejected: list[float]) -> dict:
     """Exact accuracy, margins and reward distribution on every held-out pair (TRL's eval averages per batch and
     leaves out pairs over max_length); the scores go to eval_scores.jsonl so a reload can be checked against them."""
     import statistics
 
-    chosen = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
-    rejected = scorer.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
     if ctx.is_main:
         with (ctx.out_dir / "eval_scores.jsonl").open("w") as handle:
             for row, c, r in zip(rows, chosen, rejected):
@@ -101,7 +172,7 @@ def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool, dense_start: 
         # QLoRA: the artifact is the adapter merged into the dense starting weights, not into their 4-bit copy
         from peft import PeftModel
 
-        dense = load_sequence_classifier(dense_start, ctx.recipe.model.dtype)
+        dense = load_sequence_classifier(dense_start, ctx.recipe.model.run_dtype)
         dense.config.pad_token_id = tokenizer.pad_token_id
         model = PeftModel.from_pretrained(dense, str(ctx.out_dir / "adapter")).merge_and_unload()
     else:

@@ -199,6 +199,9 @@ def completion_logprobs(model, completions: list[Completion], batch_size: int) -
     mask and explicit position ids (0, 1, ... per row), so the result does not depend on how samples are batched.
     One 1-D tensor per completion, of length ``len(completion_ids)`` (empty for an empty completion). These are the
     model's raw probabilities (temperature 1), whatever the completions were sampled with.
+
+    The output embedding (the LM head, a vocabulary-wide matmul) runs only on the positions that predict a completion
+    token, not on the prompt's (``_response_logits``).
     """
     import torch
 
@@ -211,32 +214,61 @@ def completion_logprobs(model, completions: list[Completion], batch_size: int) -
         model.eval()
         with torch.no_grad():
             for start in range(0, len(completions), batch_size):
-                chunk = completions[start : start + batch_size]
-                sequences = [c.prompt_ids + c.completion_ids for c in chunk]
-                width = max(len(s) for s in sequences)
-                input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
-                mask = torch.zeros(len(chunk), width, dtype=torch.long)
-                for row, seq in enumerate(sequences):
-                    input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, : len(seq)] = 1
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    use_cache=False,
-                ).logits
-                for row, c in enumerate(chunk):
-                    p, n = len(c.prompt_ids), len(c.completion_ids)
-                    if n == 0:
-                        results.append(torch.zeros(0, dtype=torch.float32))
-                        continue
-                    if p == 0:
-                        raise ValueError("a completion without prompt tokens has no logit for its first token")
-                    # logits at position t predict token t + 1
-                    step = logits[row, p - 1 : p + n - 1].float().log_softmax(-1)
-                    targets = torch.tensor(c.completion_ids, dtype=torch.long, device=step.device)
-                    results.append(step.gather(-1, targets[:, None]).squeeze(-1).cpu())
+                results += _batch_logprobs(model, completions[start : start + batch_size], device)
     finally:
         model.train(was_training)
     return results
+
+
+def _batch_logprobs(model, chunk: list[Completion], device) -> list[torch.Tensor]:
+    import torch
+
+    if any(c.completion_ids and not c.prompt_ids for c in chunk):
+        raise ValueError("a completion without prompt tokens has no logit for its first token")
+    lengths = [len(c.completion_ids) for c in chunk]
+    if not any(lengths):
+        return [torch.zeros(0, dtype=torch.float32) for _ in chunk]
+    sequences = [c.prompt_ids + c.completion_ids for c in chunk]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+    mask = torch.zeros(len(chunk), width, dtype=torch.long)
+    keep = torch.zeros(len(chunk), width, dtype=torch.bool)
+    for row, (c, seq) in enumerate(zip(chunk, sequences)):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+        # logits at position t predict token t + 1
+        keep[row, len(c.prompt_ids) - 1 : len(seq) - 1] = True
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = _response_logits(model, input_ids.to(device), mask.to(device), positions.to(device), keep.to(device))
+    targets = torch.tensor([t for c in chunk for t in c.completion_ids], dtype=torch.long, device=logits.device)
+    picked = logits.float().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1).cpu()
+    return list(picked.split(lengths))
+
+
+def _response_logits(model, input_ids, attention_mask, position_ids, keep) -> torch.Tensor:
+    """The logits at the ``True`` positions of the boolean (batch, length) mask ``keep``, row by row: (kept, vocab).
+
+    The decoder runs over every position; the LM head only over the kept ones, through transformers'
+    ``logits_to_keep`` (a boolean mask slices the hidden states before the head; a peft model passes it through).
+    A model whose forward does not take such a mask gets the full logits, indexed afterwards: the same numbers."""
+    if _keeps_logits_by_mask(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False, logits_to_keep=keep).logits
+        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+            return logits
+        raise RuntimeError(f"logits_to_keep with a boolean mask gave logits of shape {tuple(logits.shape)}")
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
+    return logits[keep]
+
+
+def _keeps_logits_by_mask(model) -> bool:
+    """Whether the (unwrapped) model's forward slices its hidden states with transformers' ``slice_logits_to_keep``,
+    which takes a boolean mask (most causal LMs of transformers 5; a few still take only an int or 1-D indices)."""
+    import inspect
+    import sys
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return ("logits_to_keep" in inspect.signature(base.forward).parameters
+            and getattr(module, "slice_logits_to_keep", None) is not None)

@@ -45,15 +45,22 @@ class RewardModel:
         return cls(model, tokenizer, batch_size)
 
     def token_ids(self, prompts, completions) -> list[list[int]]:
+        """The token ids ``score`` reads for each (prompt, completion), cut at ``max_length``."""
         if self.tokenizer.chat_template:
-            return [self.tokenizer.apply_chat_template(conversation(p, c), tokenize=True, return_dict=False)
-                    for p, c in zip(prompts, completions)]
-        return [self.tokenizer(f"{p}{c}")["input_ids"] for p, c in zip(prompts, completions)]
+            ids = [self.tokenizer.apply_chat_template(conversation(p, c), tokenize=True, return_dict=False)
+                   for p, c in zip(prompts, completions)]
+        else:
+            ids = [self.tokenizer(f"{p}{c}")["input_ids"] for p, c in zip(prompts, completions)]
+        return [row[: self.max_length] for row in ids]
 
     def score(self, prompts, completions) -> list[float]:
+        return self.score_ids(self.token_ids(prompts, completions))
+
+    def score_ids(self, ids: list[list[int]]) -> list[float]:
+        """The reward of each token-id sequence (as ``token_ids`` gives them), ``batch_size`` sequences a forward
+        pass, right-padded, read at the last non-pad token."""
         import torch
 
-        ids = [row[: self.max_length] for row in self.token_ids(prompts, completions)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.model.training
         self.model.eval()

@@ -127,3 +127,107 @@ def test_bf16_generation_and_logprobs_on_cpu(tokenizer, tiny_path):
     logprobs = completion_logprobs(model, completions, batch_size=2)
     assert all(t.dtype == torch.float32 and t.shape == (6,) and torch.isfinite(t).all() for t in logprobs)
     assert math.isfinite(sum(float(t.sum()) for t in logprobs))
+
+
+def full_logits_logprobs(model, completions: list[Completion], batch_size: int) -> list[torch.Tensor]:
+    """The computation completion_logprobs replaced, kept as it was: the LM head over every position (prompt and
+    padding included), the completion's rows sliced out afterwards."""
+    results = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(completions), batch_size):
+            chunk = completions[start : start + batch_size]
+            sequences = [c.prompt_ids + c.completion_ids for c in chunk]
+            width = max(len(s) for s in sequences)
+            input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, seq in enumerate(sequences):
+                input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+            assert logits.shape[:2] == (len(chunk), width)  # every position went through the head
+            for row, c in enumerate(chunk):
+                p, n = len(c.prompt_ids), len(c.completion_ids)
+                if n == 0:
+                    results.append(torch.zeros(0, dtype=torch.float32))
+                    continue
+                step = logits[row, p - 1 : p + n - 1].float().log_softmax(-1)
+                results.append(step.gather(-1, torch.tensor(c.completion_ids)[:, None]).squeeze(-1).cpu())
+    return results
+
+
+@pytest.fixture(scope="module")
+def varied_completions(tokenizer, tiny_path):
+    """Completions of the perturbed model: five prompt lengths, completion lengths 10, 4, 0 and 1."""
+    completions = generate(perturbed(tiny_path), tokenizer, PROMPTS, SamplingSettings(max_new_tokens=10, batch_size=5),
+                           seed=0)
+    completions[1].completion_ids = completions[1].completion_ids[:4]
+    completions[3].completion_ids = []
+    completions[4].completion_ids = completions[4].completion_ids[:1]
+    assert len({len(c.prompt_ids) for c in completions}) == len(PROMPTS)
+    assert len({tuple(c.completion_ids) for c in completions}) == len(PROMPTS)  # not one repeated token
+    return completions
+
+
+def head_rows(model) -> list[int]:
+    """Records how many positions each call of the model's LM head gets (its input's rows)."""
+    rows: list[int] = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: rows.append(args[0][..., 0].numel()))
+    return rows
+
+
+def assert_same_logprobs(got: list[torch.Tensor], expected: list[torch.Tensor], completions) -> None:
+    assert len(got) == len(expected) == len(completions)
+    for completion, new, old in zip(completions, got, expected):
+        assert new.dtype == torch.float32 and new.device.type == "cpu"
+        assert new.shape == old.shape == (len(completion.completion_ids),)
+        if new.numel():
+            assert (new - old).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 8])
+def test_logprobs_with_the_head_on_completion_positions_only_equal_the_full_logits_ones(
+        varied_completions, tiny_path, batch_size):
+    model = perturbed(tiny_path)
+    expected = full_logits_logprobs(model, varied_completions, batch_size)
+    rows = head_rows(model)
+    got = completion_logprobs(model, varied_completions, batch_size)
+    assert_same_logprobs(got, expected, varied_completions)
+    # the head saw exactly one position per completion token, no prompt or padding position
+    assert sum(rows) == sum(len(c.completion_ids) for c in varied_completions)
+    (empty,) = completion_logprobs(model, varied_completions[3:4], batch_size)  # nothing to score: no forward pass
+    assert empty.shape == (0,) and empty.dtype == torch.float32
+    assert sum(rows) == sum(len(c.completion_ids) for c in varied_completions)
+
+
+@pytest.mark.parametrize("batch_size", [2, 5])
+def test_head_only_logprobs_of_a_lora_model_with_its_adapter_enabled_and_disabled(varied_completions, tiny_path,
+                                                                                  batch_size):
+    """The evaluation's reference is often the policy with its LoRA adapter disabled: logits_to_keep must go
+    through peft's wrapper in both states."""
+    from peft import LoraConfig, get_peft_model
+
+    base = perturbed(tiny_path)
+    plain = full_logits_logprobs(base, varied_completions, batch_size)
+    torch.manual_seed(0)  # init_lora_weights=False: a random B, so the adapter changes the logits
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
+                                           init_lora_weights=False))
+    enabled = completion_logprobs(lora, varied_completions, batch_size)
+    assert_same_logprobs(enabled, full_logits_logprobs(lora, varied_completions, batch_size), varied_completions)
+    assert max(float((e - p).abs().max()) for e, p in zip(enabled, plain) if e.numel()) > 1e-2
+    with lora.disable_adapter():
+        disabled = completion_logprobs(lora, varied_completions, batch_size)
+        assert_same_logprobs(disabled, full_logits_logprobs(lora, varied_completions, batch_size), varied_completions)
+    assert_same_logprobs(disabled, plain, varied_completions)
+
+
+def test_a_model_without_mask_slicing_gets_the_full_logits_indexed(varied_completions, tiny_path, monkeypatch):
+    from pipeline.evaluation import generation
+
+    model = perturbed(tiny_path)
+    expected = full_logits_logprobs(model, varied_completions, 3)
+    monkeypatch.setattr(generation, "_keeps_logits_by_mask", lambda model: False)
+    rows = head_rows(model)
+    assert_same_logprobs(completion_logprobs(model, varied_completions, 3), expected, varied_completions)
+    assert sum(rows) > sum(len(c.completion_ids) for c in varied_completions)  # the head ran over every position
