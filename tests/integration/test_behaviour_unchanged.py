@@ -81,9 +81,12 @@ PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "O
 
 
 def observe_pinned(out: Path) -> dict:
-    """``observe`` in a fresh process on the pinned kernels (they are read when torch loads)."""
-    env = {**os.environ, **PINNED_KERNELS, "PYTHONPATH": os.pathsep.join(
-        [os.environ.get("BEHAVIOUR_CODE", str(ROOT)), str(TESTS)])}
+    """``observe`` in a fresh process on the pinned kernels (they are read when torch loads), with an environment of
+    its own and its own model cache: the tiny model's random initialisation takes a vectorised path that depends on
+    the kernels too, so a tiny model an earlier test built unpinned would start a different chain."""
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "TMPDIR", "LANG") if name in os.environ}
+    env.update(PINNED_KERNELS, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PIPELINE_CACHE=str(out / "cache"),
+               PYTHONPATH=os.pathsep.join([os.environ.get("BEHAVIOUR_CODE", str(ROOT)), str(TESTS)]))
     done = subprocess.run([sys.executable, __file__, "--observe", str(out)], env=env, capture_output=True, text=True,
                           timeout=900, cwd=out)
     assert done.returncode == 0, done.stderr[-3000:]
