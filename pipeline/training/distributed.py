@@ -77,13 +77,18 @@ def fresh_accelerator(**kwargs):
     """An ``Accelerator`` for a hand-written training loop (PPO), with this stage's settings.
 
     accelerate keeps one process-wide state whose mixed-precision settings the first Accelerator (an earlier stage's
-    Trainer) fixes; it is reset first, keeping the process group, as transformers' own Trainer does. Under a
-    DeepSpeed launch the Accelerator must not be told cpu=True (accelerate would then drop DeepSpeed); on a CPU-only
-    machine it runs on the CPU over the gloo group ``distributed_state`` created anyway."""
+    Trainer) fixes; it is reset first, keeping the process group, as transformers' own Trainer does, and so is the
+    gradient-accumulation state. Under a DeepSpeed launch the Accelerator must not be told cpu=True (accelerate would
+    then drop DeepSpeed); on a CPU-only machine it runs on the CPU over the gloo group ``distributed_state`` created
+    anyway."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    # The gradient-accumulation state is process-wide too: a dataloader an earlier stage left mid-iteration (a run
+    # stopped by an exception) stays registered there, and its end_of_dataloader would make every micro-batch of
+    # this loop an optimizer step.
+    GradientState._reset_state()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return Accelerator(cpu=not on_gpu() and not deepspeed, **kwargs)
 
