@@ -27,6 +27,8 @@ from pathlib import Path
 from front_door import cpu_name  # bench/ is on the path when a bench script runs
 from stage_matrix import matmul_flops, wait_quiet
 
+from pipeline.models.loading import NATIVE_BF16_FLAGS, cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "ac3b51e"
 
@@ -46,17 +48,11 @@ SCALE_KEY = {"sft": "stages.sft.train.max_steps", "reward": "stages.reward.train
 """Which slice key scales each stage (evaluation nodes: evaluate.n)."""
 
 
-def cpu_flags() -> str:
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+def cpu_isa() -> str:
+    """The CPU's vector ISA and whether it multiplies bf16 natively (what `dtype: auto` reads)."""
+    flags = cpu_flags()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    extra = [name for name, flag in (("BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if flag in flags]
+    extra = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
     return isa + (" with " + "+".join(extra) if extra else "")
 
 
@@ -144,7 +140,7 @@ def main() -> None:
     busy = wait_quiet(60)
     if busy > 0.3:
         print(f"warning: the machine was busy before the runs ({busy:.1f} cores in use): figures are slower")
-    print(f"machine: {cpu_name()}, {cpu_flags()}, {os.cpu_count()} cores; fp32 matmul "
+    print(f"machine: {cpu_name()}, {cpu_isa()}, {os.cpu_count()} cores; fp32 matmul "
           f"{matmul_flops('float32', os.cpu_count(), 1) / 1e9:.0f} GFLOP/s, bf16 "
           f"{matmul_flops('bfloat16', os.cpu_count(), 1) / 1e9:.0f} GFLOP/s; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"recipe: {args.recipe}; slice: " + ", ".join(f"{k}={v}" for k, v in SLICE.items())
