@@ -130,8 +130,29 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
-    return _load_pretrained(AutoModelForCausalLM, "a causal LM", path, dtype, quantization,
-                            trust_remote_code=trust_remote_code, revision=revision)
+    model = _load_pretrained(AutoModelForCausalLM, "a causal LM", path, dtype, quantization,
+                             trust_remote_code=trust_remote_code, revision=revision)
+    contiguous_head_input(model)
+    return model
+
+
+def contiguous_head_input(model) -> None:
+    """Hand the LM head a contiguous input (a forward pre-hook on the output embeddings; idempotent; exact).
+
+    transformers slices the positions the head runs on (``logits_to_keep``: the last position at every generation's
+    prefill, the response positions in PPO), which leaves a strided 3-D tensor. With a frozen head weight, torch's
+    matmul does not fold such an input into one matrix product: it multiplies row by row against the weight
+    broadcast and copied for each row, a [rows, hidden, vocab] copy (0.9 GB for 16 rows of SmolLM2 in bf16), about
+    10x the product itself on a CPU (docs/PERFORMANCE.md). Made contiguous, it is one product of the same numbers."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(_make_contiguous)
+    head._contiguous_input = True
+
+
+def _make_contiguous(module, args):
+    return tuple(a.contiguous() if hasattr(a, "contiguous") else a for a in args)
 
 
 def load_sequence_classifier(path: str, dtype: str = "auto", quantization: str | None = None):
