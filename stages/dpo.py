@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
@@ -10,9 +11,25 @@ from trl import DPOConfig, DPOTrainer
 from pipeline.artifacts.policy import save_policy
 from pipeline.contract import StageContext, StageResult
 from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
+from pipeline.models.trunk import plan_reference_reuse
 from pipeline.training.trainer import train_with_trl
 
 from .dpo_config import DPOStageConfig
+
+log = logging.getLogger("pipeline")
+
+
+class ReferenceReusingDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer whose reference pass reuses the policy pass's unadapted lower layers (pipeline/models/trunk.py):
+    TRL runs the policy, then the reference, within each compute_loss."""
+
+    reference_reuse = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.reference_reuse is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.reference_reuse.pair():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -34,9 +51,17 @@ def run(ctx: StageContext) -> StageResult:
         # policy is the wrong model. An explicit frozen copy of the starting weights is the reference.
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     loss_type = config.loss_type if isinstance(config.loss_type, list) else [config.loss_type]
+
+    def share_trunk(trainer) -> None:  # after TRL has wrapped the model in LoRA and turned dropout off
+        if not config.share_trunk or config.precompute_ref_log_probs:
+            return
+        trainer.reference_reuse, why = plan_reference_reuse(trainer.model, reference is not None)
+        if ctx.is_main:
+            log.info("[%s] reference trunk reuse %s", ctx.name, why)
+
     trainer, metrics = train_with_trl(
-        ctx, DPOTrainer, DPOConfig, train=config.train, model=model, tokenizer=tokenizer, train_dataset=train_data,
-        eval_dataset=eval_data, unit="pairs",
+        ctx, ReferenceReusingDPOTrainer, DPOConfig, train=config.train, model=model, tokenizer=tokenizer,
+        train_dataset=train_data, eval_dataset=eval_data, unit="pairs",
         # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
         lora=config.lora,
         method_args=dict(
@@ -48,5 +73,8 @@ def run(ctx: StageContext) -> StageResult:
             precompute_ref_log_probs=config.precompute_ref_log_probs,
         ),
         trainer_args={"ref_model": reference},
+        prepare=share_trunk,
     )
+    if trainer.reference_reuse is not None:
+        metrics["reference_passes_reused"] = trainer.reference_reuse.reused
     return StageResult(save_policy(ctx, trainer, tokenizer, source, merge=config.merge), metrics)

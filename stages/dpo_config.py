@@ -38,6 +38,10 @@ class DPOStageConfig(PairwiseStageConfig):
     fine-tuning a frozen copy. copy: always keep an explicit frozen copy (twice the weight memory)."""
     precompute_ref_log_probs: bool = False
     """Compute the reference log-probs once before training (the reference then never runs during training)."""
+    share_trunk: bool = True
+    """With a layer-selective LoRA (lora.layers), the reference pass starts from the policy pass's hidden states below
+    the lowest adapted layer instead of recomputing them (exact: those layers are the same weights, without dropout;
+    off by itself, and logged, where it would not be: all-layer LoRA, a reference copy, dropout, quantised weights)."""
     merge: bool = False
     """Also write merged full weights under merged/."""
 

@@ -20,19 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-def _inner(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_stack(model: nn.Module):
-    """The backbone (embed_tokens, rotary_emb, layers, norm) of a causal LM or sequence classifier, or None."""
-    inner = _inner(model)
-    backbone = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
-    if backbone is None or not all(hasattr(backbone, name) for name in ("embed_tokens", "rotary_emb", "layers",
-                                                                         "norm")):
-        return None
-    return backbone
+from pipeline.models.trunk import decoder_stack
+from pipeline.models.trunk import inner as _inner
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

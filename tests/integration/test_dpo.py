@@ -75,3 +75,31 @@ def test_full_fine_tuning_dpo_with_an_explicit_frozen_reference(make_recipe, cha
     assert json.loads((folder / "manifest.json").read_text())["output"]["format"] == "full"
     curve = margins(folder)
     assert curve[-1] > curve[0], curve
+
+
+def test_reference_reusing_the_policy_pass_trains_exactly_as_a_separate_reference(make_recipe, chat_data, tmp_path):
+    """With the adapter on the top layer only, the reference pass starts from the policy pass's lower layers
+    (share_trunk): every logged loss, reward and log-prob, and the trained adapter, equal a run without it."""
+    from safetensors.torch import load_file
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(40))
+    runs = {}
+    for share in (True, False):
+        stages = dpo_stages(chat_data, pairs, share_trunk=share,
+                            lora={"r": 4, "alpha": 8, "dropout": 0.0, "layers": [-1]})
+        stages["dpo"]["train"].update(max_steps=4, logging_steps=1)
+        run(make_recipe(stages, name=f"share-{share}", output_dir=str(tmp_path / f"out-{share}")))
+        runs[share] = tmp_path / f"out-{share}" / "dpo"
+    metrics = json.loads((runs[True] / "metrics.json").read_text())
+    assert metrics["reference_passes_reused"] >= 4  # one per training batch, and the evaluation's
+    assert "reference_passes_reused" not in json.loads((runs[False] / "metrics.json").read_text())
+    shared, separate = (json.loads((runs[s] / "log_history.json").read_text()) for s in (True, False))
+    keys = [k for k in separate[0] if k.startswith(("loss", "rewards/", "logps/", "eval_"))]
+    assert keys and len(shared) == len(separate)
+    for a, b in zip(shared, separate):
+        for key in keys:
+            if key in b:
+                assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(b[key])), (key, a[key], b[key])
+    weights = [load_file(runs[s] / "adapter_model.safetensors") for s in (True, False)]
+    for name, value in weights[1].items():
+        torch.testing.assert_close(weights[0][name], value, rtol=1e-5, atol=1e-6)
