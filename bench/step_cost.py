@@ -113,8 +113,10 @@ def main() -> int:
             policy, value, reward = (flops.Lora.top(shape, layers, rank)
                                      for layers in (policy_layers, value_layers, reward_layers))
             models = (shape, config.rollout_batch_size, prompt, response, policy, value)
-            unshared = flops.ppo_training(*models, config.ppo_epochs)
-            cost = flops.ppo_training_shared(*models, reward, config.ppo_epochs) if config.share_trunk else unshared
+            guard_rows = config.train.batch_size if config.kl.guard is not None else 0
+            unshared = flops.ppo_training(*models, config.ppo_epochs, guard_rows)
+            cost = flops.ppo_training_shared(*models, reward, config.ppo_epochs, guard_rows) if config.share_trunk \
+                else unshared
             tokens = config.rollout_batch_size * (prompt + response)
         else:
             rank, trained = lora_shape(config.lora, shape.layers)
@@ -122,7 +124,9 @@ def main() -> int:
             sequences = config.train.batch_size * (1 if config.kind == "sft" else 2)
             keys = tokens / sequences
             step = {"sft": flops.lm_training, "reward": flops.score_training, "dpo": flops.dpo_training}[config.kind]
-            cost = step(shape, tokens, keys, flops.Lora.top(shape, trained, rank))
+            extra = {"reference_precomputed": config.precompute_ref_log_probs,
+                     "reference_reuse": config.share_trunk} if config.kind == "dpo" else {}
+            cost = step(shape, tokens, keys, flops.Lora.top(shape, trained, rank), **extra)
             sampling_s = unshared = None
         total = sum(cost.values())
         rows.append({"stage": name, "kind": config.kind, "tokens_per_step": tokens, "seconds_per_step": seconds,

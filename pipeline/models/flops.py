@@ -226,12 +226,17 @@ def score_training(shape: Shape, tokens: float, keys: float, lora: Lora | None) 
 
 
 def dpo_training(shape: Shape, tokens: float, keys: float, lora: Lora | None,
-                 reference_precomputed: bool = False) -> Counter:
+                 reference_precomputed: bool = False, reference_reuse: bool = False) -> Counter:
     """One DPO step on ``tokens`` tokens (chosen and rejected): the policy forward and backward, the reference
-    forward (the adapter off, or a frozen copy) unless its log-probabilities were computed before training."""
+    forward (the adapter off, or a frozen copy) unless its log-probabilities were computed before training. With
+    ``reference_reuse`` (the dpo stage's share_trunk, pipeline/models/trunk.py) the reference forward starts from the
+    policy forward's hidden states at the lowest adapted layer."""
     cost = lm_training(shape, tokens, keys, lora)
     if not reference_precomputed:
-        cost["reference forward"] = lm_forward(shape, tokens, keys)
+        reused = reference_reuse and lora is not None and 0 < lora.lowest
+        cost["reference forward"] = layers_forward(shape, tokens, keys, layers=range(lora.lowest if reused else 0,
+                                                                                   shape.layers)) \
+            + head(shape, tokens)
     return cost
 
 
@@ -248,24 +253,34 @@ def sampling(shape: Shape, batch: int, prompt: float, response: float, lora: Lor
 
 
 def ppo_training(shape: Shape, batch: int, prompt: float, response: float, policy: Lora | None, value: Lora | None,
-                 epochs: int) -> Counter:
+                 epochs: int, guard_rows: int = 0) -> Counter:
     """One PPO step without trunk sharing (ppo_training_shared counts it with), for any policy and value training
     (None: every weight): sample ``batch`` responses of ``response`` tokens to prompts of ``prompt`` tokens, score
-    them with policy, reference (the adapter off, or a frozen copy), value and reward model, each through every layer,
-    and run ``epochs`` passes of policy and value training."""
+    them with policy, reference (the adapter off, or a frozen copy), value and reward model, each through every layer
+    (the reward model reads the text as its own chat rendering: about the same tokens), and run ``epochs`` passes of
+    policy and value training. ``guard_rows``: kl.guard's extra forward of one minibatch after the last update."""
     tokens, keys = batch * (prompt + response), prompt + response
     positions = batch * (response + 1)  # the LM head runs on the response positions only (logits_to_keep)
     cost = sampling(shape, batch, prompt, response, policy)
     cost["scoring: layers"] = 2 * layers_forward(shape, tokens, keys) + layers_forward(shape, tokens, keys, policy) \
         + layers_forward(shape, tokens, keys, value)
     cost["scoring: heads"] = 2 * head(shape, positions) + 2 * score_head(shape, tokens)
-    cost["epochs: forward"] = epochs * (layers_forward(shape, tokens, keys, policy)
-                                        + layers_forward(shape, tokens, keys, value)
-                                        + head(shape, positions) + score_head(shape, tokens))
+    cost["epochs: forward"] = epochs * _training_forward(shape, tokens, keys, positions, policy, value)
     cost["epochs: backward"] = epochs * (layers_backward(shape, tokens, keys, policy)
                                          + layers_backward(shape, tokens, keys, value)
                                          + head_backward(shape, positions, trained=policy is None))
+    if guard_rows:
+        own = _training_forward(shape, tokens, keys, positions, policy, value)
+        cost["kl guard: forward"] = own * guard_rows / batch
     return cost
+
+
+def _training_forward(shape: Shape, tokens: float, keys: float, positions: float, policy: Lora | None,
+                      value: Lora | None, policy_layers=None, value_layers=None) -> float:
+    """The policy's and value model's forward of a PPO epoch (their layers ``*_layers``, default every one)."""
+    return layers_forward(shape, tokens, keys, policy, policy_layers) \
+        + layers_forward(shape, tokens, keys, value, value_layers) + head(shape, positions) \
+        + score_head(shape, tokens)
 
 
 def trained_from(shape: Shape, lora: Lora | None) -> int:
@@ -277,17 +292,18 @@ def trained_from(shape: Shape, lora: Lora | None) -> int:
 
 
 def ppo_training_shared(shape: Shape, batch: int, prompt: float, response: float, policy: Lora | None,
-                        value: Lora | None, reward: Lora | None, epochs: int) -> Counter:
+                        value: Lora | None, reward: Lora | None, epochs: int, guard_rows: int = 0) -> Counter:
     """One PPO step with trunk sharing (stages/ppo/trunk.py), otherwise what ppo_training counts. The value model is
     the reward model, trained with ``reward``, plus ``value``'s adapter. Below each model's lowest trained layer
     (trained_from) nothing changes during the step, so in scoring the layers the policy, its reference and the value
     model have in common (below all three models' lowest trained layers) run once, the policy's other frozen layers
-    once for it and its reference, the value model's once for it and the reward model; each model then runs its own
-    layers from its lowest trained one up, and the PPO epochs run only those of the policy and the value model, on the
-    hidden states kept there. Sampling, the heads and the backward (which stops at the lowest trained layer anyway)
-    are what they are without sharing. A policy that trains every weight has a separate reference copy, and sharing
-    is off: ppo_training's count."""
-    cost = ppo_training(shape, batch, prompt, response, policy, value, epochs)
+    once for it and its reference, the value model's once; each model then runs its own layers from its lowest
+    trained one up, and the PPO epochs (and kl.guard's extra forward) run only those of the policy and the value
+    model, on the hidden states kept there. The reward score is a separate full pass: the reward model reads the
+    text as its own chat rendering, which ends with template tokens the rollout does not hold. Sampling, the heads and
+    the backward (which stops at the lowest trained layer anyway) are what they are without sharing. A policy that
+    trains every weight has a separate reference copy, and sharing is off: ppo_training's count."""
+    cost = ppo_training(shape, batch, prompt, response, policy, value, epochs, guard_rows)
     if policy is None:
         return cost
     n = shape.layers
@@ -301,8 +317,9 @@ def ppo_training_shared(shape: Shape, batch: int, prompt: float, response: float
         + layers_forward(shape, tokens, keys, policy, policy_own) \
         + layers_forward(shape, tokens, keys, layers=policy_own) \
         + layers_forward(shape, tokens, keys, value, value_own) \
-        + layers_forward(shape, tokens, keys, layers=value_own)
-    cost["epochs: forward"] = epochs * (layers_forward(shape, tokens, keys, policy, policy_own)
-                                        + layers_forward(shape, tokens, keys, value, value_own)
-                                        + head(shape, positions) + score_head(shape, tokens))
+        + layers_forward(shape, tokens, keys)  # the reward model's own pass
+    own = _training_forward(shape, tokens, keys, positions, policy, value, policy_own, value_own)
+    cost["epochs: forward"] = epochs * own
+    if guard_rows:
+        cost["kl guard: forward"] = own * guard_rows / batch
     return cost

@@ -132,15 +132,25 @@ def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     precomputed = dpo_training(shape, 1000, 60, Lora.top(shape, 8, 16), reference_precomputed=True)
     assert with_reference["reference forward"] == layers_forward(shape, 1000, 60) + head(shape, 1000)
     assert "reference forward" not in precomputed
+    reused = dpo_training(shape, 1000, 60, Lora.top(shape, 8, 16), reference_reuse=True)
+    assert reused["reference forward"] == layers_forward(shape, 1000, 60, layers=range(22, 30)) + head(shape, 1000)
+    assert dpo_training(shape, 1000, 60, None, reference_reuse=True) == dpo_training(shape, 1000, 60, None)
     policy, value, reward = Lora.top(shape, 8, 16), Lora.top(shape, 8, 16), Lora.top(shape, 16, 16)
     models = (shape, 32, 44, 32, policy, value)
     shared, unshared = ppo_training_shared(*models, reward, epochs=2), ppo_training(*models, epochs=2)
     layer = layer_forward(shape, 32 * 76, 76)
-    # scoring: 62 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both)
-    assert unshared["scoring: layers"] - shared["scoring: layers"] == pytest.approx(58 * layer)
+    # scoring: 84 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both): layers
+    # 0-13 once, 14-21 for the policy and for the value model, 22-29 for policy, reference and value model, and the
+    # reward model's own 30 (it reads its own rendering of the text)
+    assert unshared["scoring: layers"] - shared["scoring: layers"] == pytest.approx(36 * layer)
     assert unshared["epochs: forward"] - shared["epochs: forward"] == pytest.approx(2 * 2 * 22 * layer)
     assert shared["sampling: decode"] == unshared["sampling: decode"]
     assert shared["epochs: backward"] == unshared["epochs: backward"]
+    # kl.guard's extra forward: one minibatch of 16 through the trained layers (all of them without sharing)
+    guarded = ppo_training_shared(*models, reward, epochs=2, guard_rows=16)
+    assert guarded["kl guard: forward"] == pytest.approx(shared["epochs: forward"] / 2 * 16 / 32)
+    assert ppo_training(*models, epochs=2, guard_rows=16)["kl guard: forward"] == \
+        pytest.approx(unshared["epochs: forward"] / 2 * 16 / 32)
     # a full-fine-tuning policy: its LM head's weight gradient is counted too, the sampling and scoring are the same
     full = ppo_training(shape, 32, 44, 32, None, Lora.top(shape, 8, 16), epochs=2)
     assert full["scoring: heads"] == unshared["scoring: heads"]
