@@ -82,14 +82,16 @@ def generate(
     """Sample one completion per prompt, in order (with ``batches``: only for the prompts of those batch indices,
     as ``shard_batches`` deals them to the processes of a job).
 
-    Prompts go through ``render_prompts`` and are batched ``sampling.batch_size`` at a time with left padding (the
-    tokenizer's padding side is restored afterwards). Before batch ``i`` the torch RNG is seeded with ``seed + i``,
-    so the same prompts, settings and seed give the same completions. Only the settings in ``sampling`` shape the
-    distribution: top_k=0 really turns top-k off (transformers would otherwise default to 50) and repetition penalty
-    is 1 whatever the model's generation_config says.
+    Prompts go through ``render_prompts`` and are sampled ``sampling.batch_size`` at a time by ``sampler.sample``:
+    prompt i draws from its own random stream, seeded from ``seed`` and i, so the same prompts, settings and seed
+    give the same completions whatever the batch size or the number of processes; a row that has ended leaves the
+    batch, and copies of a prompt in a batch share one prefill. Only the settings in ``sampling`` shape the
+    distribution (no top-k unless asked, no repetition penalty, whatever the model's generation_config says).
     """
     import torch
     from tqdm.auto import tqdm
+
+    from .sampler import row_seed, sample
 
     prompts = list(prompts)
     if not prompts:
@@ -101,55 +103,37 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad token nor an end-of-sequence token")
-    options = dict(
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=sampling.do_sample,
-        pad_token_id=pad_id,
-        eos_token_id=tokenizer.eos_token_id,
-        repetition_penalty=1.0,
-    )
-    if sampling.do_sample:
-        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    device = _model_device(model)
     was_training = model.training
-    side = tokenizer.padding_side
     results: list[Completion] = []
     chosen = [(i, start) for i, start in enumerate(range(0, len(prompts), sampling.batch_size))
               if batches is None or i in batches]
     try:
-        tokenizer.padding_side = "left"
         model.eval()
         with torch.no_grad():
-            for batch_index, start in tqdm(chosen, desc=desc, unit="batch", disable=not progress):
+            for _, start in tqdm(chosen, desc=desc, unit="batch", disable=not progress):
                 texts = rendered[start : start + sampling.batch_size]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-                batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-                torch.manual_seed(seed + batch_index)
-                output = model.generate(**batch, **options)
-                width = batch["input_ids"].shape[1]
-                for row in range(len(texts)):
-                    prompt_ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
-                    new = output[row, width:].tolist()
-                    cut = next((i for i, t in enumerate(new) if t in eos_ids), None)
-                    ids = new if cut is None else new[: cut + 1]
+                prompt_ids = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+                seeds = [row_seed(seed, start + row) for row in range(len(texts))]
+                for row, ids in enumerate(sample(model, prompt_ids, sampling, seeds, eos_ids, pad_id)):
+                    ended = bool(ids) and ids[-1] in eos_ids
                     results.append(
                         Completion(
                             prompt=prompts[start + row],
                             completion=tokenizer.decode(ids, skip_special_tokens=True),
-                            prompt_ids=prompt_ids,
+                            prompt_ids=list(prompt_ids[row]),
                             completion_ids=ids,
-                            eos=cut is not None,
+                            eos=ended,
                         )
                     )
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return results
 
 
 def shard_batches(count: int, batch_size: int, rank: int, world: int) -> list[int]:
-    """The batch indices process ``rank`` of ``world`` samples, round robin. Each batch keeps its prompts and its
-    seed (seed + batch index), so the completions are those one process would sample."""
+    """The batch indices process ``rank`` of ``world`` samples, round robin. Each prompt keeps its own random
+    stream (seeded from seed and its index), so the completions are those
+    one process would sample."""
     return list(range(rank, (count + batch_size - 1) // batch_size, world))
 
 

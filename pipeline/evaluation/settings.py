@@ -45,7 +45,8 @@ class EvalSettings(Strict):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     """How the policy's completions are sampled."""
     seed: int = 1234
-    """Seed of the sampling (batch i is seeded with seed + i) and of the bootstrap resampling."""
+    """Seed of the sampling (prompt i draws from its own random stream, seeded from seed and i) and of the bootstrap
+    resampling."""
     bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples for the 95% confidence intervals of the means."""
 
