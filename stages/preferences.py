@@ -66,8 +66,9 @@ def run(ctx: StageContext) -> StageResult:
     _write_card(ctx, config, pairs, judge_spec)
     metrics = {**counts.as_metrics(), "samples": len(samples), "judge": judge_spec,
                "mean_score": sum(scores) / len(scores)}
-    log.info("[%s] %d pairs from %d prompts x %d samples (%d near-ties, %d identical dropped)", ctx.name,
-             counts.kept, counts.prompts, config.k, counts.near_ties, counts.identical)
+    log.info("[%s] %d pairs from %d prompts x %d samples (%d near-ties, %d identical, %d with an empty completion "
+             "dropped)", ctx.name, counts.kept, counts.prompts, config.k, counts.near_ties, counts.identical,
+             counts.empty)
     return StageResult(PreferencesOutput(CARD_FILE), metrics)
 
 

@@ -17,12 +17,15 @@ class PairCounts:
     """Candidates whose score difference was below min_margin (ties included)."""
     identical: int = 0
     """Candidates whose two completions were the same text."""
+    empty: int = 0
+    """Candidates with an empty completion (the policy ended at once): not a response to prefer or reject."""
     margins: list[float] = field(default_factory=list)
 
     def as_metrics(self) -> dict:
         mean = sum(self.margins) / len(self.margins) if self.margins else 0.0
         return {"prompts": self.prompts, "candidate_pairs": self.candidates, "pairs": self.kept,
-                "dropped_near_ties": self.near_ties, "dropped_identical": self.identical, "mean_margin": mean}
+                "dropped_near_ties": self.near_ties, "dropped_identical": self.identical, "dropped_empty": self.empty,
+                "mean_margin": mean}
 
 
 def build_pairs(prompt: str, samples: list[tuple[str, float]], mode: str, min_margin: float,
@@ -30,7 +33,8 @@ def build_pairs(prompt: str, samples: list[tuple[str, float]], mode: str, min_ma
     """Pairs {prompt, chosen, rejected, margin} from one prompt's (completion, score) samples.
 
     best_worst: the highest- against the lowest-scored sample (one candidate per prompt); all: every two samples.
-    A candidate is dropped (and counted) if both texts are equal or the scores differ by less than min_margin.
+    A candidate is dropped (and counted) if a text is empty, both texts are equal, or the scores differ by less than
+    min_margin.
     """
     counts.prompts += 1
     if mode == "best_worst":
@@ -42,7 +46,9 @@ def build_pairs(prompt: str, samples: list[tuple[str, float]], mode: str, min_ma
     for (chosen, chosen_score), (rejected, rejected_score) in candidates:
         counts.candidates += 1
         margin = chosen_score - rejected_score
-        if chosen.strip() == rejected.strip():
+        if not chosen.strip() or not rejected.strip():
+            counts.empty += 1
+        elif chosen.strip() == rejected.strip():
             counts.identical += 1
         elif margin < min_margin or margin == 0:
             counts.near_ties += 1

@@ -58,7 +58,8 @@ def test_preferences_stage_writes_pairs_with_a_valid_card(make_recipe, chat_data
     folder = tmp_path / "out" / "prefs"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["samples"] == 36 and metrics["prompts"] == 12 and metrics["candidate_pairs"] == 36
-    assert metrics["pairs"] + metrics["dropped_near_ties"] + metrics["dropped_identical"] == 36
+    dropped = metrics["dropped_near_ties"] + metrics["dropped_identical"] + metrics["dropped_empty"]
+    assert metrics["pairs"] + dropped == 36
     assert len((folder / "samples.jsonl").read_text().splitlines()) == 36
     rows = materialise(load_card(folder / "card.yaml"), str(folder / "card.yaml"))  # checksum and count verified
     assert len(rows) == metrics["pairs"] > 0

@@ -31,3 +31,13 @@ def test_exact_ties_are_dropped_even_with_zero_margin():
     counts = PairCounts()
     assert build_pairs("p", [("a", 0.5), ("b", 0.5)], "all", 0.0, counts) == []
     assert counts.near_ties == 1
+
+
+def test_a_pair_with_an_empty_completion_is_dropped_and_counted():
+    """A policy that ends at once leaves an empty completion: no response to prefer or reject (and an invalid row of
+    the pairs' data card)."""
+    counts = PairCounts()
+    pairs = build_pairs("p", [("", 0.0), ("good", 0.9), ("  ", 0.5), ("bad", -0.5)], "all", 0.1, counts)
+    assert {(p["chosen"], p["rejected"]) for p in pairs} == {("good", "bad")}
+    assert (counts.candidates, counts.kept, counts.empty) == (6, 1, 5)
+    assert counts.as_metrics()["dropped_empty"] == 5
