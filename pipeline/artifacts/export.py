@@ -5,7 +5,6 @@ evaluations that ran; optionally uploaded to the Hugging Face Hub."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +16,6 @@ from .model_card import evaluations_of, render
 from .outputs import PolicyOutput, RewardModelOutput
 from .policy import load_policy
 
-log = logging.getLogger("pipeline")
 
 def export(artifact: Artifact, to: Path, dtype: str | None = None, adapter: bool = False,
            name: str | None = None) -> Path:
@@ -31,6 +29,10 @@ def export(artifact: Artifact, to: Path, dtype: str | None = None, adapter: bool
     if not isinstance(output, (PolicyOutput, RewardModelOutput)):
         raise ModelError(f"{artifact.path}: a {artifact.kind} artifact holds {artifact.produces}, "
                          "not a model to export")
+    if adapter and not (isinstance(output, PolicyOutput) and output.format == "adapter"):
+        what = "a reward model" if isinstance(output, RewardModelOutput) else "full weights"
+        raise UsageError(f"--adapter: {artifact.path} holds {what} (its stage trained every weight), so there is no "
+                         "adapter to export; drop --adapter to export its weights")
     tokenizer = load_tokenizer(str(artifact.path))
     library = "transformers"
     with atomic_dir(to) as tmp:
@@ -64,7 +66,6 @@ def export(artifact: Artifact, to: Path, dtype: str | None = None, adapter: bool
         (tmp / "README.md").write_text(card)
         for pickle in tmp.rglob("*.bin"):
             pickle.unlink()
-    log.info("exported %s -> %s", artifact.path, to)
     return to
 
 

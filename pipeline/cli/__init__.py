@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data, evaluate, export, gc, plan, report, run, runs, validate
+from . import chat, data, evaluate, export, gc, plan, report, run, runs, validate
 from .common import capped, quiet_environment, setup_logging
 
-COMMANDS = (run, validate, plan, evaluate, data, runs, gc, export, report)
+COMMANDS = (run, validate, plan, evaluate, data, runs, gc, export, chat, report)
 """In the order ``--help`` lists them."""
 
 EPILOG = """\
@@ -40,10 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"alignment-pipeline {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alignment-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

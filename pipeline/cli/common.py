@@ -90,3 +90,35 @@ def capped(message: str, line_limit: int = 600, total_limit: int = 8000) -> str:
     lines = [line if len(line) <= line_limit else line[: line_limit - 3] + "..." for line in message.splitlines()]
     text = "\n".join(lines)
     return text if len(text) <= total_limit else text[: total_limit - 40] + "\n... (more problems, cut here)"
+
+
+def target_args(parser: argparse.ArgumentParser) -> None:
+    """TARGET: a stage's artifact folder, or a stage name with --recipe."""
+    parser.add_argument("target", help="a stage folder (runs/rlhf/dpo), or a stage name with --recipe")
+    parser.add_argument("--recipe", help="the recipe whose stage TARGET names (its output folder is searched)")
+    parser.add_argument("--output-dir", help="with --recipe: where the run's artifacts are (default: from the recipe)")
+
+
+def stage_artifact(args):
+    """The intact artifact ``target_args`` name; UsageError naming the folder where there is none."""
+    from pathlib import Path
+
+    from ..artifacts.artifact import Artifact
+    from ..errors import UsageError
+
+    folder = Path(args.target)
+    if args.recipe:
+        from ..config.problems import did_you_mean
+        from ..recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if args.target not in recipe.stages:
+            raise UsageError(f"{args.recipe} has no stage named '{args.target}'"
+                             f"{did_you_mean(args.target, recipe.stages)}; stages: {', '.join(recipe.stages)}")
+        folder = (Path(args.output_dir) if args.output_dir else recipe.out_dir) / args.target
+    artifact = Artifact.read(folder)
+    if artifact is None:
+        raise UsageError(f"{folder}: not a stage artifact (no readable manifest.json); has the stage run?")
+    if (why := artifact.damage()) is not None:
+        raise UsageError(f"{folder}: {why}; rebuild it with --force {folder.name}")
+    return artifact

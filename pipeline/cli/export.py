@@ -3,6 +3,8 @@ or adapter and base, tokenizer, generation config, model card), and optionally p
 
 from __future__ import annotations
 
+from .common import stage_artifact, target_args
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -10,10 +12,8 @@ def add_parser(commands) -> None:
         description="Export a policy or reward-model artifact: merged safetensors (or, with --adapter, the adapter and "
                     "a copy of its base), tokenizer with chat template, generation config and a model card (README.md "
                     "with the Hub's front matter: lineage, data licences, metrics, the gold evaluation table).")
-    parser.add_argument("target", help="a stage folder (runs/rlhf/dpo), or a stage name with --recipe")
+    target_args(parser)
     parser.add_argument("--to", required=True, help="the folder to write (new, or empty)")
-    parser.add_argument("--recipe", help="the recipe whose stage TARGET names (its output folder is searched)")
-    parser.add_argument("--output-dir", help="with --recipe: where the run's artifacts are (default: from the recipe)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the exported weights "
                                                                                     "(default: as trained)")
     parser.add_argument("--adapter", action="store_true",
@@ -27,26 +27,14 @@ def add_parser(commands) -> None:
 def handle(args) -> int:
     from pathlib import Path
 
-    from ..artifacts.artifact import Artifact
     from ..artifacts.export import export, push_to_hub
-    from ..errors import UsageError
 
-    folder = Path(args.target)
-    if args.recipe:
-        from ..recipe import load_recipe
-
-        recipe = load_recipe(args.recipe)
-        if args.target not in recipe.stages:
-            raise UsageError(f"{args.recipe} has no stage named '{args.target}'; stages: {', '.join(recipe.stages)}")
-        folder = Path(args.output_dir) if args.output_dir else recipe.out_dir
-        folder = folder / args.target
-    artifact = Artifact.read(folder)
-    if artifact is None:
-        raise UsageError(f"{folder}: not a stage artifact (no readable manifest.json); has the stage run?")
-    if (why := artifact.damage()) is not None:
-        raise UsageError(f"{folder}: {why}; rebuild it with --force {folder.name}")
+    artifact = stage_artifact(args)
     out = export(artifact, Path(args.to), args.dtype, args.adapter)
-    print(f"exported {folder} -> {out}")
+    what = "a reward model" if artifact.produces != "policy" else "the adapter and a copy of its base" \
+        if args.adapter else "a policy's full weights"
+    print(f"exported {what} from {artifact.path} ({artifact.kind} stage) -> {out}; it loads with plain "
+          f"{'peft' if args.adapter else 'transformers'} (see {out / 'README.md'})")
     if args.push_to_hub:
         print(f"uploaded: {push_to_hub(out, args.push_to_hub, args.private)}")
     return 0

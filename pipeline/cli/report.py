@@ -19,6 +19,8 @@ def add_parser(commands) -> None:
 
 
 def handle(args) -> int:
+    import sys
+
     from ..graph.plan import make_plan
     from ..graph.report import format_report, report_rows
     from ..recipe import load_recipe
@@ -26,7 +28,11 @@ def handle(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     plan = make_plan(recipe, args.output_dir)
     table = format_report(report_rows(plan))
-    print(table or f"no evaluation under {plan.out_dir}: does the recipe have an evaluate: section, and has it run?")
+    if not table:
+        print(f"no evaluation under {plan.out_dir}: does the recipe have an evaluate: section, and has it run "
+              "(with these --set values and --output-dir)?", file=sys.stderr)
+        return 1
+    print(table)
     if args.out:
         from ..graph.html_report import render
 

@@ -9,8 +9,38 @@ import os
 from .common import recipe_args, selection_args
 from .planning import plans, replan
 
-HEADLINE_METRICS = ("train_loss", "eval_loss", "global_step", "pairs", "dropped_near_ties", "eval_accuracy",
-                    "gold_mean", "kl_mean")
+HEADLINES = {
+    "sft": (("train_loss", "train loss"), ("eval_loss", "held-out loss")),
+    "preferences": (("pairs", "pairs"), ("dropped_near_ties", "near-ties dropped")),
+    "reward": (("eval_accuracy", "held-out pair accuracy"), ("train_loss", "train loss")),
+    "dpo": (("eval_rewards/accuracies", "held-out reward accuracy"), ("eval_loss", "held-out loss")),
+    "ppo": (("score_first", "score at step 1"), ("score_last", "at the end"), ("kl_last", "KL")),
+    "evaluate": (("gold_mean", "gold"), ("kl_mean", "KL")),
+}
+"""The metrics that say whether a stage of each kind did its job, with their names as printed."""
+FALLBACK = (("train_loss", "train loss"), ("eval_loss", "held-out loss"), ("global_step", "steps"))
+
+
+def headline(kind: str, metrics: dict) -> str:
+    """A stage's key metrics in words, e.g. "score at step 1 -2.16, at the end 3.47, KL 10.2"."""
+    shown = [f"{label} {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{label} {metrics[key]}"
+             for key, label in HEADLINES.get(kind, FALLBACK) if metrics.get(key) is not None]
+    return ", ".join(shown)
+
+
+RUN_LOG = "run.log"
+"""The pipeline's log lines of every run into an output folder, appended (the progress bars stay on the terminal)."""
+
+
+def next_commands(args) -> str:
+    """What to try after a run, with the run's own output folder and overrides."""
+    folder = f" --output-dir {args.output_dir}" if args.output_dir else ""
+    where = folder + "".join(f" --set {o}" for o in args.overrides)
+    return "\n".join(["next:",
+                      f"  python -m pipeline report {args.recipe}{where}    # gold table, curves, frontier plot",
+                      f"  python -m pipeline runs {args.recipe}{where}      # every stored variant, what differs",
+                      f"  python -m pipeline chat STAGE --recipe {args.recipe}{folder}    # talk to a policy",
+                      f"  python -m pipeline export STAGE --recipe {args.recipe}{folder} --to FOLDER"])
 
 
 def add_parser(commands) -> None:
@@ -26,6 +56,14 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=handle)
 
 
+def keep_log(path) -> None:
+    """Append the pipeline's log lines to ``path`` as well as the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger("pipeline").addHandler(handler)
+
+
 def handle(args) -> int:
     from ..graph.plan import Action
     from ..graph.report import format_report, report_rows
@@ -34,6 +72,8 @@ def handle(args) -> int:
 
     # the job's real process count: checks that depend on it fail here, before any long work
     variants = plans(args, int(os.environ.get("WORLD_SIZE", "1")))
+    if int(os.environ.get("RANK", "0")) == 0:
+        keep_log(variants[0].out_dir / RUN_LOG)
     results = []
     computed: set = set()  # artifact folders this invocation has written
     for i, plan in enumerate(variants, start=1):
@@ -49,11 +89,11 @@ def handle(args) -> int:
             if len(variants) > 1:
                 print(f"\n== {plan.variant}")
             for name, metrics in result.items():
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                         if k in HEADLINE_METRICS}
-                print(f"{name}: {'cached' if plan[name].action is Action.CACHED else 'done'} {shown}")
+                state = "cached" if plan[name].action is Action.CACHED else "done"
+                print(f"{name}: {state}" + (f": {text}" if (text := headline(plan[name].kind, metrics)) else ""))
             table = format_report(report_rows(plan))
             if table:
                 print("\n" + table + "\n")
-        print(f"artifacts in {variants[0].out_dir}")
+        print(f"artifacts in {variants[0].out_dir} (log: {variants[0].out_dir / RUN_LOG})")
+        print(next_commands(args))
     return 0

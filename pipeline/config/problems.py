@@ -88,28 +88,58 @@ def read_yaml_mapping(path: str | Path, what: str, keys: str) -> dict:
     return raw
 
 
-# Names users bring from peft, TRL and transformers, mapped to ours.
+# Names users bring from peft, TRL, transformers, axolotl and LLaMA-Factory, mapped to ours.
 KNOWN_ALIASES = {
     "rank": "r",
     "lora_r": "r",
+    "lora_rank": "r",
     "lora_alpha": "alpha",
     "lora_dropout": "dropout",
+    "lora_target": "target_modules",
+    "lora_target_modules": "target_modules",
+    "layers_to_transform": "layers",
     "lr": "learning_rate",
     "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "sequence_len": "max_length",
+    "cutoff_len": "max_length",
     "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
     "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "gradient_accumulation": "gradient_accumulation_steps",
     "lr_scheduler_type": "lr_scheduler",
+    "warmup_steps": "warmup_ratio",
+    "optimizer": "optim",
+    "bf16": "precision",
+    "fp16": "precision",
     "model_name_or_path": "source",
+    "base_model": "source",
+    "model_name": "source",
+    "torch_dtype": "dtype",
+    "load_in_4bit": "quantization",
+    "load_in_8bit": "quantization",
     "dataset": "data",
     "adam": "adamw_torch",
     "adamw": "adamw_torch",
 }
 
+ALIAS_HINTS = {
+    "bf16": "'precision: bf16'",
+    "fp16": "'precision: fp16'",
+    "load_in_4bit": "'quantization: 4bit'",
+    "load_in_8bit": "'quantization: 8bit'",
+    "warmup_steps": "'warmup_ratio', a fraction of the steps",
+}
+"""What to write instead, where the name alone would not say it."""
+
 
 def did_you_mean(word: str, choices) -> str:
     choices = [str(c) for c in choices]
     if KNOWN_ALIASES.get(word) in choices:
-        return f" (did you mean '{KNOWN_ALIASES[word]}'?)"
+        return f" (did you mean {ALIAS_HINTS.get(word, repr(KNOWN_ALIASES[word]))}?)"
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

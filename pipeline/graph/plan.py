@@ -17,8 +17,9 @@ from enum import Enum
 from pathlib import Path
 
 from ..artifacts.artifact import Artifact
+from ..config.problems import did_you_mean
 from ..data.cards import files_behind
-from ..errors import PipelineError
+from ..errors import PipelineError, UsageError
 from ..models.sources import fingerprint_folder, resolve
 from ..recipe.graph import downstream_of, topological_order
 from ..recipe.schema import Recipe
@@ -113,7 +114,8 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
     out_dir = Path(out_dir) if out_dir is not None else recipe.out_dir
     for name in [*only, *force, *([from_stage] if from_stage else [])]:
         if name not in recipe.stages:
-            raise PipelineError(f"no stage named '{name}' in the recipe; stages: {', '.join(recipe.stages)}")
+            raise UsageError(f"no stage named '{name}' in the recipe{did_you_mean(name, recipe.stages)}; stages: "
+                             f"{', '.join(recipe.stages)}")
     base_model_path = resolve(recipe.model.source, recipe.model.revision)
     model = recipe.model
     model_inputs = {

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel
 
-from ..config.problems import field_by_key, unwrap_model
+from ..config.problems import did_you_mean, field_by_key, unwrap_model
 from ..errors import Problem
 
 SchemaAt = Callable[[list[str]], "type[BaseModel] | None"]
@@ -25,6 +25,11 @@ def apply_override(raw: dict, override: str, schema_at: SchemaAt | None = None) 
     parts = key.split(".")
     if not all(parts):
         return Problem(f"--set {override}", "empty key in the path")
+    stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    if len(parts) > 2 and parts[0] == "stages" and parts[1] not in stages:
+        # a typo would otherwise invent a stage ("kind: missing"); a new stage is set whole
+        return Problem(f"--set {override}", f"no stage '{parts[1]}' in the recipe{did_you_mean(parts[1], stages)}; "
+                       f"to add one, set it whole: --set 'stages.{parts[1]}={{kind: ..., ...}}'")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)

@@ -229,12 +229,25 @@ def tracking(ctx, train: TrainSettings) -> dict:
     return {"report_to": list(train.report_to), "run_name": name}
 
 
-def quiet_progress():
-    """transformers' progress bar without its per-step dictionaries (the loss goes to the bar instead; the whole log
-    is in log_history.jsonl)."""
+def quiet_progress(stage: str):
+    """transformers' progress bars named by ``stage``, without the per-step dictionaries (the loss goes to the bar
+    instead; the whole log is in log_history.jsonl)."""
     from transformers.trainer_callback import ProgressCallback
 
     class QuietProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(f"{stage}: training")
+                self.training_bar.unit = "step"
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            fresh = self.prediction_bar is None
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+            if fresh and self.prediction_bar is not None:
+                self.prediction_bar.set_description(f"{stage}: evaluating")
+                self.prediction_bar.unit = "batch"
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
@@ -309,7 +322,7 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
 
         trainer.pop_callback(PrinterCallback)
         if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(quiet_progress())
+            trainer.add_callback(quiet_progress(ctx.name))
     if prepare is not None:
         prepare(trainer)
     eval_size = len(eval_dataset) if eval_dataset is not None and evaluate_at_end else None

@@ -34,7 +34,31 @@ def swept(tmp_path_factory) -> Path:
                      "--sweep", "stages.dpo.beta=0.1,0.3", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (out.parent / "sweep.log").write_text(result.stderr)
+    (out.parent / "sweep.out").write_text(result.stdout)
     return out
+
+
+def test_the_end_of_a_run_says_what_each_stage_did_and_what_to_do_next(swept):
+    printed = (swept.parent / "sweep.out").read_text()
+    assert "ppo: done: score at step 1 " in printed and ", KL " in printed
+    assert "reward: done: held-out pair accuracy " in printed
+    assert "preferences: done: pairs " in printed
+    assert "eval-ppo: done: gold " in printed
+    assert f"python -m pipeline report {RECIPES / 'tiny.yaml'} --output-dir {swept} --set " in printed
+    assert f"python -m pipeline chat STAGE --recipe {RECIPES / 'tiny.yaml'} --output-dir {swept}" in printed
+    log = (swept / "run.log").read_text()
+    assert "[sft] done in" in log and "[eval-ppo] done in" in log
+
+
+def test_report_of_a_folder_without_evaluations_says_so_and_fails(tmp_path):
+    result = run_cli("report", str(RECIPES / "tiny.yaml"), "--output-dir", str(tmp_path / "empty"))
+    assert result.returncode == 1 and "no evaluation under" in result.stderr and result.stdout == ""
+
+
+def test_the_trainers_progress_bars_are_named_by_stage(swept):
+    log = (swept.parent / "sweep.log").read_text()
+    for stage in ("sft", "reward", "dpo"):
+        assert f"{stage}: training" in log, stage
 
 
 def test_a_sweep_keeps_every_variant_and_shares_the_upstreams(swept):

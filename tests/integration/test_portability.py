@@ -166,6 +166,8 @@ def test_export_writes_a_self_contained_model_with_its_card(tiny_run, tmp_path):
     out = Path(load_recipe(tiny_run).out_dir)
     result = run_cli("export", "dpo", "--recipe", str(tiny_run), "--to", str(tmp_path / "dpo"), "--dtype", "float32")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("exported") == 1 and "a policy's full weights" in result.stdout
+    assert "exported" not in result.stderr
     exported = tmp_path / "dpo"
     assert not (exported / "adapter_config.json").exists() and (exported / "model.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(exported)
@@ -186,6 +188,9 @@ def test_export_writes_a_self_contained_model_with_its_card(tiny_run, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward").config.num_labels == 1
+    no_adapter = run_cli("export", str(out / "reward"), "--to", str(tmp_path / "reward-adapter"), "--adapter")
+    assert no_adapter.returncode == 2 and "there is no adapter to export" in no_adapter.stderr
+    assert not (tmp_path / "reward-adapter").exists()
     refused = run_cli("export", str(out / "preferences"), "--to", str(tmp_path / "prefs"))
     assert refused.returncode == 2 and "not a model to export" in refused.stderr
 

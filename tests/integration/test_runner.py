@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.artifacts.artifact import Artifact
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UsageError
 from pipeline.graph.plan import make_plan
 from pipeline.graph.runner import run_plan
 from pipeline.recipe import load_recipe
@@ -91,6 +91,9 @@ def test_only_from_force(make_recipe, chat_data, tmp_path):
     assert {s.name: s.action for s in make_plan(recipe, from_stage="next").stages} == {"sft": "skip", "next": "run"}
     with pytest.raises(PipelineError, match="no stage named 'nope'"):
         make_plan(recipe, only=["nope"])
+    with pytest.raises(UsageError, match="no stage named 'nxet' in the recipe \\(did you mean 'next'\\?\\)") as info:
+        make_plan(recipe, only=["nxet"])
+    assert info.value.exit_code == 2  # a usage error, as every other one
     stale = load_recipe(path, ["stages.sft.lora.r=2"])
     with pytest.raises(PipelineError, match="out of date"):
         make_plan(stale, only=["next"])

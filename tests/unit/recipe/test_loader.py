@@ -37,6 +37,21 @@ def test_unknown_key_suggests_the_right_one(make_recipe, chat_data):
     assert "stages.sft.trian: unknown key 'trian' (did you mean 'train'?)" in problems
 
 
+def test_names_from_trl_transformers_and_axolotl_point_to_ours(make_recipe, chat_data):
+    stage = sft_stage(chat_data)
+    stage["lora"]["lora_target"] = ["q_proj"]
+    stage["train"].update(bf16=True, warmup_steps=10, micro_batch_size=4)
+    stage["cutoff_len"] = 512
+    problems = problems_of(make_recipe({"sft": stage}))
+    for expected in ("stages.sft.lora.lora_target: unknown key 'lora_target' (did you mean 'target_modules'?)",
+                     "stages.sft.train.bf16: unknown key 'bf16' (did you mean 'precision: bf16'?)",
+                     "stages.sft.train.warmup_steps: unknown key 'warmup_steps' (did you mean 'warmup_ratio', a "
+                     "fraction of the steps?)",
+                     "stages.sft.train.micro_batch_size: unknown key 'micro_batch_size' (did you mean 'batch_size'?)",
+                     "stages.sft.cutoff_len: unknown key 'cutoff_len' (did you mean 'max_length'?)"):
+        assert expected in problems, problems
+
+
 def test_top_level_unknown_key_and_missing_model(make_recipe, chat_data, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "sed": 3, "stages": {"sft": sft_stage(chat_data)}}))
@@ -158,6 +173,8 @@ def test_cli_help_explains_each_command():
         assert result.returncode == 0
         assert "--set" in result.stdout
     assert "--force" in run_cli("run", "--help").stdout
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("alignment-pipeline 0.")
 
 
 def test_relative_paths_are_taken_from_the_recipe_folder_wherever_it_runs_from(tmp_path):

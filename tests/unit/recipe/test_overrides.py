@@ -41,3 +41,14 @@ stages:
 """)
     recipe = load_recipe(path, ["stages.b.train.max_steps=9"])
     assert recipe.stages["b"].train.max_steps == 9 and recipe.stages["a"].train.max_steps == 4
+
+
+def test_set_on_a_stage_the_recipe_lacks_names_it_and_suggests_the_close_one(make_recipe, chat_data):
+    path = make_recipe({"sft": sft_stage(chat_data)})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["stages.stf.lora.r=4"])
+    assert [str(p) for p in info.value.problems] == [
+        "--set stages.stf.lora.r=4: no stage 'stf' in the recipe (did you mean 'sft'?); to add one, set it whole: "
+        "--set 'stages.stf={kind: ..., ...}'"]
+    added = load_recipe(path, [f"stages.more={{kind: sft, data: {{path: {chat_data}}}, from: sft}}"])
+    assert set(added.stages) == {"sft", "more"}
