@@ -17,8 +17,8 @@ CONFIGS = sorted((ROOT / "launch").glob("*.yaml"))
 
 
 def test_the_readme_documents_every_launch_config_and_no_other():
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"`(\w+\.yaml)`", readme.split("### Several processes")[1].split("\n## ")[0]))
+    guide = (ROOT / "docs" / "guide" / "README.md").read_text()
+    documented = set(re.findall(r"`(\w+\.yaml)`", guide.split("## Several processes")[1].split("\n## ")[0]))
     assert documented == {p.name for p in CONFIGS}
 
 
