@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .sampler import model_device
 from .settings import SamplingSettings
 
 if TYPE_CHECKING:
@@ -50,15 +51,6 @@ def render_prompts(tokenizer, prompts: list) -> list[str]:
                                       add_generation_prompt=True)
         for p in prompts
     ]
-
-
-def _model_device(model):
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        import torch
-
-        return torch.device("cpu")
 
 
 def _eos_ids(tokenizer) -> set[int]:
@@ -191,7 +183,7 @@ def completion_logprobs(model, completions: list[Completion], batch_size: int) -
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     results: list[torch.Tensor] = []
     try:

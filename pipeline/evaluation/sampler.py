@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 _MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive (seed, index) pairs over the seed space
 
 
+def model_device(model):
+    """The device of the model's weights (the CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        import torch
+
+        return torch.device("cpu")
+
+
 def row_seed(seed: int, index: int) -> int:
     """The seed of the random stream of row ``index`` of a call seeded with ``seed``."""
     return (seed * _MIX + index * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
@@ -80,7 +90,7 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
 
     if not prompts:
         return []
-    device = next(model.parameters()).device
+    device = model_device(model)
     unique: dict[tuple[int, ...], int] = {}
     source = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)
     firsts = list(unique)
