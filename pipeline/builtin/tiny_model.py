@@ -6,11 +6,15 @@ Nothing is downloaded. The tokenizer is trained on a generated corpus, carries a
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from pathlib import Path
 
 from ..store.atomic import built_once
 from ..store.paths import cache_dir
+
+log = logging.getLogger("pipeline")
 
 VERSION = 1  # bump when the recipe below changes, so cached copies are rebuilt under a new name
 
@@ -102,7 +106,11 @@ def tiny_llama_path() -> Path:
     final = cache_dir("models") / f"tiny-llama-v{VERSION}"
     with built_once(final) as tmp:
         if tmp is not None:
+            log.info("building the tiny test model (first use on this machine: a tokenizer trained on a small corpus "
+                     "and a 2-layer Llama, kept in %s)", final.parent)
+            start = time.perf_counter()
             tokenizer = build_tokenizer()
             build_model(tokenizer).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            log.info("built %s in %.1f s", final.name, time.perf_counter() - start)
     return final

@@ -34,6 +34,8 @@ def setup_logging(verbose: bool) -> None:
     for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed",
                   "bitsandbytes", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # DeepSpeed sets its logger's level back to INFO when it is imported; a filter on the logger object survives that
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _number(text: str, convert, expected: str, valid, rule: str):

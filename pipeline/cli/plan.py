@@ -23,11 +23,13 @@ def add_parser(commands) -> None:
 
 
 def handle(args) -> int:
+    from ..graph.eta import duration_text, expected_seconds, probe_rate
     from ..graph.plan import Action
     from ..models.estimate import Layout, estimate, local_weights
 
     layout = Layout.from_launch_file(args.launch) if args.launch else Layout()
     variants = plans(args, layout.processes)
+    rate = probe_rate(variants[0]) if variants else None
     for plan in variants:
         recipe = plan.recipe
         if len(variants) > 1:
@@ -35,11 +37,12 @@ def handle(args) -> int:
         print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
         print(f"output: {plan.out_dir}\n")
         header = (f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}"
-                  "  reason")
+                  f"{'time':>8}  reason")
         print(header)
         print("-" * len(header))
         dtype = recipe.model.run_dtype
         weights = local_weights(plan.base_model_path, recipe.model.revision)  # a hub model: its cached snapshot
+        expected = expected_seconds(plan, rate or 0.0)  # 0: measured times only
         for stage in plan.stages:
             config = recipe.stages[stage.name]
             # upstream policies load quantised too (StageContext.policy_source), so every stage counts 4/8-bit weights
@@ -48,9 +51,31 @@ def handle(args) -> int:
             params = f"{est.parameters:,}" if est else "-"
             trainable = f"{est.trainable:,}" if est else "-"
             memory = f"{est.memory_gib:.2f}" if est else "-"
+            seconds = expected.get(stage.name)
+            took = ("" if seconds.measured else "~") + duration_text(seconds.seconds) if seconds else "-"
             print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action.value:<8}"
-                  f"{params:>12}{trainable:>12}{memory:>9}  {stage.reason}")
+                  f"{params:>12}{trainable:>12}{memory:>9}{took:>8}  {stage.reason}")
         print()
+        print(time_summary(plan, expected, rate, recipe.model.run_dtype))
+        print()
+    print("time: a figure with ~ is estimated from the stage's FLOPs at its length limits and this CPU's matmul rate "
+          "(rough, within 2x), one without is what the stage took here before with the same settings.")
     print(f"memory per process ({layout.describe()}): weights + gradients + optimizer state + activations of one "
           "micro-batch; a rough planning figure.")
     return 0
+
+
+def time_summary(plan, expected: dict, rate: float | None, dtype: str) -> str:
+    from ..graph.eta import duration_text
+    from ..graph.plan import Action
+
+    running = [s.name for s in plan.stages if s.action is Action.RUN]
+    if not running:
+        return "nothing to run: every stage is cached"
+    known = [expected[name].seconds for name in running if name in expected]
+    probe = f"; matmul probe {rate / 1e9:.0f} GFLOP/s {dtype}" if rate else \
+        "; no estimate on a GPU machine (the model is fitted to CPU runs)"
+    missing = len(running) - len(known)
+    unestimated = f", {missing} stage{'s' if missing > 1 else ''} not estimated" if missing else ""
+    return f"expected time of the {len(running)} stage{'s' if len(running) > 1 else ''} to run: " \
+        f"about {duration_text(sum(known))}{unestimated}{probe}"

@@ -28,6 +28,7 @@ from ..store.atomic import replace_dir, write_json
 from ..store.lock import OutputLock
 from ..training.distributed import current_distributed_type
 from ..training.trainer import LIVE_LOG
+from .eta import duration_text, expected_seconds
 from .plan import STORE, Action, Plan, StagePlan
 from .provenance import git_commit, host, package_versions
 
@@ -54,15 +55,18 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False, siblings: list[Plan] = 
         state.wait_for_everyone()
         results: dict[str, dict] = {}
         todo = [s for s in plan.stages if s.action is not Action.SKIP]
-        expected = expected_seconds(plan)
+        expected = expected_seconds(plan) if state.is_main_process else {}
+        if expected:
+            announce_expected(todo, expected)
         started = time.perf_counter()
         for index, stage in enumerate(todo, start=1):
             if state.is_main_process and stage.action is Action.RUN:
                 elapsed = time.perf_counter() - started
                 left = [expected.get(s.name) for s in todo[index - 1:] if s.action is Action.RUN]
-                eta = f", about {_duration(sum(left))} left" if left and None not in left else ""
+                eta = f", about {duration_text(sum(e.seconds for e in left))} left" if left and None not in left \
+                    else ""
                 log.info("[%d/%d] %s (%s): %s elapsed%s", index, len(todo), stage.name, stage.kind,
-                         _duration(elapsed), eta)
+                         duration_text(elapsed), eta)
             forget_deepspeed_config()
             if stage.action is Action.CACHED:
                 if state.is_main_process:
@@ -78,25 +82,19 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False, siblings: list[Plan] = 
             lock.release()
 
 
-def expected_seconds(plan: Plan) -> dict[str, float]:
-    """How long each stage took the last time a variant of it ran here (the rough ETA of the progress line)."""
-    import json
-
-    store = plan.out_dir / STORE
-    seconds: dict[str, float] = {}
-    for manifest in sorted(store.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime) if store.is_dir() else []:
-        try:
-            data = json.loads(manifest.read_text())
-            seconds[data["stage"]] = float(data["wall_time_s"]) + float(data.get("import_time_s", 0))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return seconds
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def announce_expected(todo: list[StagePlan], expected: dict) -> None:
+    """One line before the first stage: the whole run's expected time, and where the figures come from."""
+    running = [s for s in todo if s.action is Action.RUN]
+    known = [expected[s.name] for s in running if s.name in expected]
+    if not known:
+        return
+    unknown = len(running) - len(known)
+    sources = "earlier runs here" if all(e.measured for e in known) else \
+        "the FLOP model and this CPU's matmul rate" if not any(e.measured for e in known) else \
+        "earlier runs here and the FLOP model"
+    rest = f" (and {unknown} stage{'s' if unknown > 1 else ''} not estimated)" if unknown else ""
+    log.info("%d stage%s to run, expected about %s%s, from %s", len(running), "s" if len(running) > 1 else "",
+             duration_text(sum(e.seconds for e in known)), rest, sources)
 
 
 def clear_leftovers(plan: Plan, siblings: list[Plan] = ()) -> None:

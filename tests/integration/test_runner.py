@@ -188,6 +188,8 @@ def test_plan_shows_cached_and_parameter_counts(make_recipe, chat_data):
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("sft ", "next "))}
     assert "cached" in lines["sft"] and " run " in lines["next"]
+    assert "~" in lines["next"] and "expected time of the 1 stage to run: about" in result.stdout, result.stdout
+    assert "Setting accelerator" not in result.stdout + result.stderr, "DeepSpeed's notice is library chatter"
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -215,3 +217,12 @@ def test_lora_layers_adapts_only_the_top_layers(make_recipe, chat_data, tmp_path
     keys = load_file(tmp_path / "out" / "sft" / "adapter_model.safetensors").keys()
     assert keys and all(".layers.1." in key for key in keys), sorted(keys)[:4]
     assert any(key.endswith("q_proj.lora_A.weight") for key in keys) and any("mlp" in key for key in keys)
+
+
+def test_a_first_run_announces_its_expected_time_and_counts_it_down(make_recipe, chat_data, caplog):
+    path = make_recipe({"sft": sft_stage(chat_data), "next": {**sft_stage(chat_data), "from": "sft"}})
+    with caplog.at_level("INFO", logger="pipeline"):
+        run(path)
+    text = caplog.text
+    assert "2 stages to run, expected about" in text and "from the FLOP model" in text, text
+    assert "[1/2] sft (sft): 0s elapsed, about" in text and "[2/2] next (sft):" in text and " left" in text
