@@ -50,6 +50,19 @@ class DPOStageConfig(PairwiseStageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
+    time_fit: ClassVar[tuple[float, float] | None] = (0.44, 8.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration, flops
+
+        steps = duration.training_steps(self.train)
+        if steps is None:
+            return None
+        tokens = 2 * steps[1] * self.max_length  # chosen and rejected
+        step = flops.dpo_training(shape, tokens, self.max_length, flops.Lora.of(shape, self.lora),
+                                  self.precompute_ref_log_probs, self.share_trunk)
+        return steps[0] * sum(step.values())
+
     def memory_profile(self) -> MemoryProfile:
         # an explicit reference is a second copy of the weights
         copies = 2.0 if self.lora is None or self.reference == "copy" else 1.0

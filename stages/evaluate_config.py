@@ -28,6 +28,17 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     attached: ClassVar[bool] = True
     recipe_section: ClassVar[str] = "evaluate"
     node_prefix: ClassVar[str] = "eval-"
+    time_fit: ClassVar[tuple[float, float] | None] = (0.55, 5.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration, flops
+
+        new = self.sampling.max_new_tokens
+        cost = duration.sampled(shape, self.n, new)
+        if self.from_:  # the KL pass to the starting policy: policy and reference over prompt and answer
+            length = duration.PROMPT_TOKENS + new
+            cost += 2 * flops.lm_forward(shape, self.n * length, length, self.n * new)
+        return cost
 
     def data_inputs(self) -> list[tuple[str, object, str]]:
         return [("prompts", self.prompts, "eval_prompt")]

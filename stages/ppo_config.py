@@ -158,6 +158,22 @@ class PPOStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
+    time_fit: ClassVar[tuple[float, float] | None] = (0.64, 15.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration, flops
+
+        if duration.training_steps(self.train) is None:
+            return None
+        reward = upstream.get(self.from_[1]) if len(self.from_) > 1 else None
+        models = (shape, self.rollout_batch_size, duration.PROMPT_TOKENS, self.sampling.max_new_tokens,
+                  flops.Lora.of(shape, self.lora), flops.Lora.of(shape, self.value_lora))
+        guard = self.train.batch_size if self.kl.guard is not None else 0
+        step = flops.ppo_training_shared(*models, flops.Lora.of(shape, getattr(reward, "lora", None)),
+                                         self.ppo_epochs, guard) if self.share_trunk \
+            else flops.ppo_training(*models, self.ppo_epochs, guard)
+        return self.train.max_steps * sum(step.values())
+
     def memory_profile(self) -> MemoryProfile:
         # the reward model's backbone doubles as the value model: a second copy of the weights; full fine-tuning
         # keeps a frozen reference copy as well

@@ -35,6 +35,12 @@ class PreferencesStageConfig(StageConfig):
 
     produces: ClassVar[str] = "preferences"
     accepts: ClassVar[dict[str, bool]] = {"policy": True, "reward_model": False}
+    time_fit: ClassVar[tuple[float, float] | None] = (0.66, 5.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration
+
+        return duration.sampled(shape, (self.n_prompts or 256) * self.k, self.sampling.max_new_tokens)
 
     @field_validator("judge")
     @classmethod

@@ -26,6 +26,17 @@ class RewardStageConfig(PairwiseStageConfig):
     """Weight of the penalty on the mean squared reward, which keeps rewards centred on zero (Eisenstein et al.)."""
 
     produces: ClassVar[str] = "reward_model"
+    time_fit: ClassVar[tuple[float, float] | None] = (0.95, 8.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration, flops
+
+        steps = duration.training_steps(self.train)
+        if steps is None:
+            return None
+        tokens = 2 * steps[1] * self.max_length  # chosen and rejected
+        lora = flops.Lora.of(shape, self.lora)
+        return steps[0] * sum(flops.score_training(shape, tokens, self.max_length, lora).values())
 
 
 CONFIG = RewardStageConfig

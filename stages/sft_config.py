@@ -41,6 +41,17 @@ class SFTStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
+    time_fit: ClassVar[tuple[float, float] | None] = (0.38, 8.0)
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from pipeline.models import duration, flops
+
+        steps = duration.training_steps(self.train)
+        if steps is None:
+            return None
+        step = flops.lm_training(shape, steps[1] * self.max_length, self.max_length, flops.Lora.of(shape, self.lora))
+        return steps[0] * sum(step.values())
+
     def memory_profile(self) -> MemoryProfile:
         return MemoryProfile(self.train, self.lora, self.max_length)
 

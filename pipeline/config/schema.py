@@ -112,6 +112,29 @@ def _known_name(what: str, name: str, known: Collection[str] | None, after: str)
     return name
 
 
+def trackers_list(value):
+    """`report_to: tensorboard` reads as [tensorboard]."""
+    return [value] if isinstance(value, str) else value
+
+
+def installed_trackers(names: list[str]) -> list[str]:
+    """Known trackers whose package is installed, or a ValueError naming the one that is not."""
+    import importlib.util
+
+    for name in names:
+        _known_name("tracker", name, TRACKERS, "; one of: {known}")
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"report_to: {name} needs the {name} package (pip install {name})")
+    return names
+
+
+def default_trackers() -> list[str]:
+    """TensorBoard where it is installed (a dependency of this project: offline, nothing to sign up for)."""
+    import importlib.util
+
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
 class TrainSettings(Strict):
     """Optimisation settings common to every training stage (mapped onto transformers' TrainingArguments)."""
 
@@ -148,26 +171,22 @@ class TrainSettings(Strict):
     """Write a resumable trainer checkpoint every this many steps (kept until the stage finishes)."""
     callbacks: list[str] = []
     """Extra transformers TrainerCallback classes, as "module:ClassName" (imported, never evaluated)."""
-    report_to: list[str] = []
+    report_to: list[str] | None = None
     """Experiment trackers that get every logged step: tensorboard (offline; event files under
     <output_dir>/tensorboard/, open with `tensorboard --logdir runs/`), wandb, mlflow, comet_ml, ... (transformers'
-    integrations for the TRL stages, accelerate's trackers for ppo; the package must be installed)."""
+    integrations for the TRL stages, accelerate's trackers for ppo; the package must be installed); [] for none.
+    Unset: the recipe's top-level `report_to` (tensorboard by default). Not part of the stage's fingerprint:
+    turning a tracker on or off trains nothing again."""
 
     @field_validator("report_to", mode="before")
     @classmethod
     def _one_or_many(cls, value):
-        return [value] if isinstance(value, str) else value
+        return trackers_list(value)
 
     @field_validator("report_to")
     @classmethod
-    def _installed_trackers(cls, names: list[str]) -> list[str]:
-        import importlib.util
-
-        for name in names:
-            _known_name("tracker", name, TRACKERS, "; one of: {known}")
-            if importlib.util.find_spec(name) is None:
-                raise ValueError(f"report_to: {name} needs the {name} package (pip install {name})")
-        return names
+    def _installed_trackers(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else installed_trackers(names)
 
     @field_validator("max_steps")
     @classmethod
@@ -295,6 +314,15 @@ class StageConfig(Strict):
     def judge_specs(self) -> list[tuple[str, str]]:
         """(key, judge spec) of the judges the stage scores with, checked by importing them before any long work."""
         return []
+
+    time_fit: ClassVar[tuple[float, float] | None] = None
+    """(share of the probed matmul rate, fixed seconds) this kind reached in a measured run, for `plan`'s time
+    estimate (pipeline/models/duration.py); None: not estimated."""
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        """The matmul FLOPs this stage's work asks for at its settings (pipeline/models/flops.py counts; lengths at
+        their limits), for `plan`'s time estimate; ``upstream``: every stage's config by name. None: not modelled."""
+        return None
 
     def launch_problems(self, processes: int) -> list[tuple[str, str]]:
         """(key, message) for settings that cannot work with this many processes (validation takes the count from

@@ -26,7 +26,7 @@ from ..recipe.schema import Recipe
 from ..store.hashing import sha256_file
 from .codehash import stage_code
 
-FINGERPRINT_VERSION = 3  # bump when what a fingerprint covers changes
+FINGERPRINT_VERSION = 4  # bump when what a fingerprint covers changes
 STORE = ".store"
 """Every variant of every stage lives in <output_dir>/.store/<stage>-<fingerprint[:12]>/; <output_dir>/<stage> is a
 link to the variant of the settings last run."""
@@ -100,6 +100,15 @@ class Plan:
         return next(s for s in self.stages if s.name == name)
 
 
+def computed_settings(config) -> dict:
+    """A stage's settings as its fingerprint covers them: all but the trackers it reports to, which change what is
+    recorded about a run, not what it computes."""
+    settings = config.model_dump(mode="json", by_alias=True)
+    if isinstance(settings.get("train"), dict):
+        settings["train"].pop("report_to", None)
+    return settings
+
+
 def digest(obj) -> str:
     """sha256 of an object's canonical JSON."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -147,7 +156,7 @@ def make_plan(recipe: Recipe, out_dir: Path | None = None, only: list[str] = (),
         parts = {
             "version": FINGERPRINT_VERSION,
             "kind": config.kind,
-            "config": _content_keyed(config.model_dump(mode="json", by_alias=True), file_digests),
+            "config": _content_keyed(computed_settings(config), file_digests),
             "seed": recipe.seed,
             "upstream": {up: fingerprints[up] for up in config.from_},
             "data": sorted({file_digests[p] for p in files}),

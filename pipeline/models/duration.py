@@ -1,10 +1,13 @@
-"""How long a stage will take here before it has ever run here: the matmul FLOPs its work asks for (flops.py, at
-the recipe's settings) over this CPU's matmul rate in the run's dtype (a probe of a fraction of a second) and the share
-of that rate each kind of stage reached in a measured run, plus a fixed cost for loading and saving.
+"""How long a stage will take here before it has ever run here: the matmul FLOPs its work asks for (each kind's
+``work_flops``, counted with flops.py at the recipe's settings) over this CPU's matmul rate in the run's dtype (a probe
+of a quarter of a second) and the share of that rate the kind reached in a measured run, plus its fixed seconds for
+loading and saving (each kind's ``time_fit``).
 
 A planning figure, not a promise: sequence lengths are taken at the recipe's limits (``max_length``,
-``max_new_tokens``) and prompts at PROMPT_TOKENS, and the measured shares absorb how far real data falls short of
-them on the recipe they were measured on. Once a stage has run here, the runner's ETA uses its measured time instead.
+``max_new_tokens``) and prompts at PROMPT_TOKENS, and the fitted shares absorb how far real data falls short of them
+on the recipe they were fitted on: rlhf.yaml, run of 2026-12-06 at b6f93db on a 2-core AMD EPYC (AVX-512,
+AVX512-BF16), bf16, where this probe gave REFERENCE_RATE. Once a stage has run here, the runner's ETA uses its
+measured time instead (pipeline/graph/eta.py).
 """
 
 from __future__ import annotations
@@ -17,18 +20,8 @@ from . import flops
 PROMPT_TOKENS = 32
 """Rendered prompt length assumed for sampling stages (rlhf.yaml's movie prompts are 20-30 tokens)."""
 
-MATMUL_SIZE = 1024
-
-# Share of the probed matmul rate each kind reached, and its fixed seconds (loading, saving, its own evaluation's
-# set-up), fitted to rlhf.yaml's stages at these FLOP counts: run of 2026-12-06 at b6f93db on a 2-core AMD EPYC
-# (AVX-512, AVX512-BF16; bf16; this module's probe 300 GFLOP/s bf16). The tiny recipe's stages are all fixed cost.
 REFERENCE_RATE = 365e9
-"""The probe's bf16 rate on the machine the shares below were fitted on."""
-
-EFFICIENCY = {"sft": 0.38, "reward": 0.95, "dpo": 0.44, "ppo": 0.64, "grpo": 0.64, "rloo": 0.64,
-              "preferences": 0.66, "evaluate": 0.55}
-FIXED_SECONDS = {"sft": 8.0, "reward": 8.0, "dpo": 8.0, "ppo": 15.0, "grpo": 10.0, "rloo": 10.0,
-                 "preferences": 5.0, "evaluate": 5.0}
+"""The probe's bf16 rate on the machine the kinds' time_fit were fitted on."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +33,9 @@ class Estimate:
     flop: float | None
 
 
-def matmul_rate(dtype, size: int = MATMUL_SIZE, seconds: float = 0.25) -> float:
+def matmul_rate(dtype, size: int = 1024, seconds: float = 0.25) -> float:
     """FLOP/s of a square matmul in ``dtype`` on this process's threads: the best of repeated timings over about
-    ``seconds`` (the first, warming up, is dropped)."""
+    ``seconds`` (a first one warms up)."""
     import torch
 
     a = torch.randn(size, size, dtype=dtype)
@@ -57,53 +50,22 @@ def matmul_rate(dtype, size: int = MATMUL_SIZE, seconds: float = 0.25) -> float:
     return 2 * size ** 3 / best
 
 
-def stage_flops(config, shape: flops.Shape, upstream: dict | None = None) -> float | None:
-    """The matmul FLOPs of one stage at its recipe settings; ``upstream`` maps the names in ``from`` to their
-    configs (PPO's value model stands on the reward model's adapter). None where not modelled."""
-    kind = config.kind
-    if kind in ("evaluate", "preferences"):
-        count = config.n if kind == "evaluate" else (config.n_prompts or 256) * config.k
-        new = config.sampling.max_new_tokens
-        cost = sum(flops.sampling(shape, count, PROMPT_TOKENS, new).values())
-        if kind == "evaluate" and config.from_:  # the KL pass to the starting policy (none for the base model)
-            cost += 2 * flops.lm_forward(shape, count * (PROMPT_TOKENS + new), PROMPT_TOKENS + new, count * new)
-        return cost
-    train = getattr(config, "train", None)
-    if train is None or train.max_steps < 1:
+def sampled(shape: flops.Shape, count: int, new_tokens: int, lora: flops.Lora | None = None) -> float:
+    """FLOPs of sampling ``new_tokens`` for each of ``count`` prompts of PROMPT_TOKENS."""
+    return sum(flops.sampling(shape, count, PROMPT_TOKENS, new_tokens, lora).values())
+
+
+def training_steps(train) -> tuple[int, int] | None:
+    """(optimizer steps, sequences a step) of a stage's ``train`` settings; None when it runs for epochs."""
+    if train.max_steps < 1:
         return None
-    steps = train.max_steps
-    rows = train.batch_size * train.gradient_accumulation_steps
-    lora = flops.Lora.of(shape, config.lora)
-    if kind == "sft":
-        return steps * sum(flops.lm_training(shape, rows * config.max_length, config.max_length, lora).values())
-    if kind == "reward":
-        return steps * sum(flops.score_training(shape, 2 * rows * config.max_length, config.max_length,
-                                                lora).values())
-    if kind == "dpo":
-        return steps * sum(flops.dpo_training(shape, 2 * rows * config.max_length, config.max_length, lora,
-                                              config.precompute_ref_log_probs, config.share_trunk).values())
-    if kind == "ppo":
-        value = flops.Lora.of(shape, config.value_lora)
-        reward_config = (upstream or {}).get(config.from_[1])
-        reward = flops.Lora.of(shape, reward_config.lora) if reward_config is not None else None
-        guard = train.batch_size if config.kl.guard is not None else 0
-        args = (shape, config.rollout_batch_size, PROMPT_TOKENS, config.sampling.max_new_tokens, lora, value)
-        step = flops.ppo_training_shared(*args, reward, config.ppo_epochs, guard) if config.share_trunk \
-            else flops.ppo_training(*args, config.ppo_epochs, guard)
-        return steps * sum(step.values())
-    if kind in ("grpo", "rloo"):
-        new = config.max_completion_length
-        tokens, keys = rows * (PROMPT_TOKENS + new), PROMPT_TOKENS + new
-        step = sum(flops.sampling(shape, rows, PROMPT_TOKENS, new, lora).values()) \
-            + config.num_iterations * sum(flops.lm_training(shape, tokens, keys, lora, rows * new).values()) \
-            + (flops.lm_forward(shape, tokens, keys, rows * new) if config.beta > 0 else 0.0)
-        return steps * step
-    return None
+    return train.max_steps, train.batch_size * train.gradient_accumulation_steps
 
 
 def estimate(config, shape: flops.Shape, rate: float, upstream: dict | None = None) -> Estimate:
     """Expected seconds of one stage on a machine whose matmul probe gives ``rate`` FLOP/s in the run's dtype."""
-    cost = stage_flops(config, shape, upstream)
-    if cost is None or config.kind not in EFFICIENCY:
+    cost = config.work_flops(shape, upstream or {})
+    if cost is None or config.time_fit is None:
         return Estimate(None, cost)
-    return Estimate(FIXED_SECONDS[config.kind] + cost / (rate * EFFICIENCY[config.kind]), cost)
+    share, fixed = config.time_fit
+    return Estimate(fixed + cost / (rate * share), cost)

@@ -97,6 +97,22 @@ class OnlineStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
+    time_fit: ClassVar[tuple[float, float] | None] = (0.64, 10.0)  # not measured: PPO's, the closest kind
+
+    def work_flops(self, shape, upstream: dict) -> float | None:
+        from ..models import duration, flops
+
+        steps = duration.training_steps(self.train)
+        if steps is None:
+            return None
+        rows, new = steps[1], self.max_completion_length
+        lora = flops.Lora.of(shape, self.lora)
+        tokens, keys = rows * (duration.PROMPT_TOKENS + new), duration.PROMPT_TOKENS + new
+        step = duration.sampled(shape, rows, new, lora) \
+            + self.num_iterations * sum(flops.lm_training(shape, tokens, keys, lora, rows * new).values()) \
+            + (flops.lm_forward(shape, tokens, keys, rows * new) if self.beta > 0 else 0.0)
+        return steps[0] * step
+
     def memory_profile(self) -> MemoryProfile:
         return MemoryProfile(self.train, self.lora, self.max_completion_length + 128)
 

@@ -95,7 +95,7 @@ def make_accelerator(ctx: StageContext, config: PPOStageConfig):
     models are loaded (see ``load_models``); any earlier stage's mixed-precision settings are dropped."""
     train = config.train
     flags = precision_flags(train.precision, ctx.recipe.model.run_dtype)
-    report_to = list(train.report_to)
+    report_to = list(train.report_to or [])
     if report_to:
         tracking(ctx, train)  # the trackers' own libraries read their folders from the environment
     accelerator = fresh_accelerator(

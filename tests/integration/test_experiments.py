@@ -19,8 +19,7 @@ from support import RECIPES, run_cli, sft_stage
 pytestmark = pytest.mark.slow  # whole chains, several times
 
 SHORT = ["stages.sft.train.max_steps=6", "stages.reward.train.max_steps=6", "stages.dpo.train.max_steps=4",
-         "stages.ppo.train.max_steps=2", "stages.ppo.rollout_batch_size=16", "evaluate.n=4",
-         *[f"stages.{s}.train.report_to=[tensorboard]" for s in ("sft", "reward", "dpo", "ppo")]]
+         "stages.ppo.train.max_steps=2", "stages.ppo.rollout_batch_size=16", "evaluate.n=4"]
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -111,7 +110,7 @@ def test_a_sweep_keeps_the_checkpoints_of_its_other_variants(swept, tmp_path):
     assert (checkpoint / "marker").is_file(), "the beta-0.2 variant's checkpoint was removed"
 
 
-def test_tensorboard_gets_every_training_stage(swept):
+def test_tensorboard_gets_every_training_stage_by_default(swept):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seen = {}

@@ -27,16 +27,15 @@ def rlhf():
 def test_the_estimate_follows_the_work_the_settings_ask_for():
     recipe, shape = rlhf(), smollm_shape()
     sft = recipe.stages["sft"]
-    once = duration.stage_flops(sft, shape)
-    twice = duration.stage_flops(sft.model_copy(update={"train": sft.train.model_copy(update={"max_steps": 80})}),
-                                 shape)
+    once = sft.work_flops(shape, recipe.stages)
+    twice = sft.model_copy(update={"train": sft.train.model_copy(update={"max_steps": 80})}).work_flops(shape, {})
     assert twice == 2 * once
     ppo = recipe.stages["ppo"]
-    shared = duration.stage_flops(ppo, shape, recipe.stages)
-    unshared = duration.stage_flops(ppo.model_copy(update={"share_trunk": False}), shape, recipe.stages)
+    shared = ppo.work_flops(shape, recipe.stages)
+    unshared = ppo.model_copy(update={"share_trunk": False}).work_flops(shape, recipe.stages)
     assert shared < unshared
     base, after_sft = recipe.stages["eval-base"], recipe.stages["eval-sft"]
-    assert duration.stage_flops(base, shape) < duration.stage_flops(after_sft, shape), "no KL pass for the base"
+    assert base.work_flops(shape, {}) < after_sft.work_flops(shape, {}), "no KL pass for the base model"
     fast, slow = (duration.estimate(sft, shape, rate).seconds for rate in (2 * RATE, RATE))
     assert fast < slow
 
@@ -78,4 +77,4 @@ def test_the_shape_is_read_from_the_model_config():
     from pipeline.builtin.tiny_model import tiny_llama_path
 
     shape = flops.Shape.of(AutoConfig.from_pretrained(tiny_llama_path()))
-    assert shape.layers >= 1 and duration.stage_flops(rlhf().stages["sft"], shape) > 0
+    assert shape.layers >= 1 and rlhf().stages["sft"].work_flops(shape, {}) > 0

@@ -209,3 +209,22 @@ def test_the_quantisation_checks_ask_each_config_what_it_trains():
     problems = problems_of(ROOT / "recipes" / "tiny.yaml", ["model.quantization=4bit"])
     # tiny.yaml trains the reward model and the PPO policy in full, which a quantised base cannot do
     assert sorted(p.split(":")[0] for p in problems) == ["stages.ppo.lora", "stages.reward.lora"]
+
+
+def test_trackers_default_to_tensorboard_for_every_training_stage_and_a_stage_may_opt_out():
+    from support import RECIPES
+
+    recipe = load_recipe(RECIPES / "tiny.yaml", ["stages.dpo.train.report_to=[]"])
+    trained = {name: config.train.report_to for name, config in recipe.stages.items() if hasattr(config, "train")}
+    assert trained.pop("dpo") == [] and set(map(tuple, trained.values())) == {("tensorboard",)}
+    assert all(c.train.report_to == [] for c in load_recipe(RECIPES / "tiny.yaml", ["report_to=[]"]).stages.values()
+               if hasattr(c, "train"))
+
+
+def test_turning_a_tracker_on_or_off_does_not_invalidate_a_stage():
+    from pipeline.graph.plan import make_plan
+    from support import RECIPES
+
+    with_tracker, without = (make_plan(load_recipe(RECIPES / "tiny.yaml", overrides))
+                             for overrides in ([], ["report_to=[]"]))
+    assert [s.fingerprint for s in with_tracker.stages] == [s.fingerprint for s in without.stages]
