@@ -31,7 +31,7 @@ def setup_logging(verbose: bool) -> None:
     for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
         os.environ.setdefault(name, value)
-    for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed",
+    for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed", "matplotlib",
                   "bitsandbytes", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # DeepSpeed sets its logger's level back to INFO when it is imported; a filter on the logger object survives that

@@ -16,10 +16,11 @@ from ..artifacts.outputs import EvaluationOutput
 from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
-CURVES = ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
+CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
           "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
           "response_length", "repetition_share")
-"""Logged quantities drawn when a stage logged them (whatever its kind)."""
+"""Logged quantities drawn when a stage logged them (whatever its kind); each with its held-out value (the trainer's
+``eval_<name>``) beside the training one where the stage logged that."""
 KL_CURVES = ("kl", "kl_predicted")
 """Drawn against the stage's KL target, when it has one, with the band of 20% either side."""
 TARGET_BAND = 0.2
@@ -131,7 +132,9 @@ def frontier_png(points: list[dict]) -> bytes:
     ax.set_ylabel(f"gold score ({judge}), mean and 95% CI")
     ax.set_title("reward-KL frontier: every evaluated variant")
     ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=8)
+    # below the axes: inside, it covered the labels of the points in its corner
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=min(len(kinds), 4),
+                       frameon=False)
     for handle in legend.legend_handles:  # the legend names the marker shape; the fill is the colour bar's
         handle.set_facecolor("white")
     return _png(fig)
@@ -154,8 +157,17 @@ def curves_png(stage: str, history: list[dict], target: float | None = None) -> 
     return None if fig is None else _png(fig)
 
 
+def _series(history: list[dict], key: str) -> list[tuple[float, float]]:
+    return [(row["step"], row[key]) for row in history
+            if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+            and row.get("step") is not None]
+
+
 def curves_figure(stage: str, history: list[dict], target: float | None = None):
-    keys = [k for k in CURVES if any(k in row and isinstance(row[k], (int, float)) for row in history)]
+    """One panel per logged quantity that has a curve (two points or more, training or held-out); a held-out value
+    logged once (the evaluation at the end) is a marker on its quantity's panel, never a panel of its own."""
+    drawn = {key: (_series(history, key), _series(history, f"eval_{key}")) for key in CURVES}
+    keys = [k for k, (train, held_out) in drawn.items() if len(train) >= 2 or len(held_out) >= 2]
     if not keys:
         return None
     plt = _pyplot()
@@ -163,14 +175,20 @@ def curves_figure(stage: str, history: list[dict], target: float | None = None):
     rows = (len(keys) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        points = [(row.get("step"), row[key]) for row in history if isinstance(row.get(key), (int, float))
-                  and row.get("step") is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        train, held_out = drawn[key]
+        if train:
+            ax.plot([p[0] for p in train], [p[1] for p in train], marker=".", label="training")
+        if held_out:
+            ax.plot([p[0] for p in held_out], [p[1] for p in held_out], marker="o", linestyle="--" if
+                    len(held_out) > 1 else "none", color="tab:red", label=f"held-out {held_out[-1][1]:.3g}")
         if target is not None and key in KL_CURVES:
             ax.axhspan(target * (1 - TARGET_BAND), target * (1 + TARGET_BAND), color="tab:green", alpha=0.15,
                        label=f"target {target:g} ±{TARGET_BAND:.0%}")
             ax.axhline(target, color="tab:green", linestyle="--", linewidth=1)
-            ax.legend(fontsize=7, loc="lower right")
+        banded = target is not None and key in KL_CURVES
+        if held_out or banded:
+            ax.legend(fontsize=7, loc="best")
+        _flat_stays_flat(ax, [] if banded else [p[1] for p in train + held_out])  # a band sets its own scale
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -179,6 +197,19 @@ def curves_figure(stage: str, history: list[dict], target: float | None = None):
     fig.suptitle(f"{stage}: training log", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _flat_stays_flat(ax, values: list[float]) -> None:
+    """A quantity that barely moves (an entropy 6.2237-6.2248) is drawn on an axis a few per cent of its size wide,
+    so it looks as flat as it is, and tick labels show values, not an offset."""
+    ax.ticklabel_format(axis="y", useOffset=False)
+    if not values:
+        return
+    low, high = min(values), max(values)
+    size = max(abs(low), abs(high))
+    if size > 0 and high - low < 0.01 * size:
+        middle, half = (low + high) / 2, 0.05 * size
+        ax.set_ylim(middle - half, middle + half)
 
 
 def _img(name: str, data: bytes, alt: str) -> str:

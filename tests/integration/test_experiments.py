@@ -150,6 +150,15 @@ def test_gc_removes_the_variants_no_recipe_names(swept, tmp_path):
     assert any("dpo-" in str(p) for p in removed) and any("eval-dpo-" in str(p) for p in removed)
 
 
+def test_the_report_on_a_fresh_machine_prints_no_library_chatter(swept, tmp_path):
+    fresh_matplotlib = {"MPLCONFIGDIR": str(tmp_path / "mpl")}  # no font cache yet: matplotlib builds one
+    result = run_cli("report", str(RECIPES / "tiny.yaml"), "--output-dir", str(swept), *sets(SHORT),
+                     "--out", str(tmp_path / "report.html"), env=fresh_matplotlib)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "mpl").is_dir(), "matplotlib did not start from an empty config folder"
+    assert "font cache" not in result.stderr + result.stdout
+
+
 def test_the_html_report_opens_in_a_browser(swept, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -40,3 +40,53 @@ def test_without_a_target_no_band_is_drawn():
     fig = curves_figure("ppo", HISTORY)
     assert not any(ax.patches for ax in fig.axes)
     assert curves_png("ppo", HISTORY)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+REWARD = [{"step": s, "loss": 0.7 - 0.02 * s, "accuracy": min(1.0, 0.5 + 0.1 * s)} for s in range(1, 8)] + \
+    [{"step": 7, "eval_loss": 0.47, "eval_accuracy": 0.786}]
+
+
+def test_the_held_out_value_sits_on_its_quantitys_panel_not_on_one_of_its_own():
+    axes = panels(curves_figure("reward", REWARD))
+    assert set(axes) == {"loss", "accuracy"}, "eval_* values logged once get no panel of their own"
+    labels = [line.get_label() for line in axes["accuracy"].get_lines()]
+    assert labels == ["training", "held-out 0.786"]
+    (held_out,) = [line for line in axes["accuracy"].get_lines() if line.get_label().startswith("held-out")]
+    assert list(held_out.get_ydata()) == [0.786]
+
+
+def test_a_quantity_logged_once_gets_no_panel():
+    history = [{"step": s, "loss": 3.0 / s} for s in range(1, 5)] + [{"step": 4, "entropy": 3.6}]
+    axes = panels(curves_figure("sft", history))
+    assert set(axes) == {"loss"}
+
+
+def test_a_flat_line_is_drawn_flat():
+    history = [{"step": s, "entropy": 6.2237 + 0.0001 * (s % 11)} for s in range(1, 12)]
+    low, high = panels(curves_figure("ppo", history))["entropy"].get_ylim()
+    assert high - low >= 0.05 * 6.2, (low, high)
+
+
+def test_the_frontier_legend_sits_below_the_axes():
+    from pipeline.graph import html_report
+
+    captured = {}
+    original = html_report._png
+
+    def keep(fig):
+        captured["fig"] = fig
+        fig.canvas.draw()
+        captured["legend"] = fig.axes[0].get_legend().get_window_extent()
+        captured["axes"] = fig.axes[0].get_window_extent()
+        return original(fig)
+
+    points = [{"kind": kind, "label": label, "kl": kl, "gold": gold, "ci": [gold - 0.05, gold + 0.05],
+               "repetition": 0.02, "judge": "vader"}
+              for kind, label, kl, gold in (("dpo", "dpo (beta 0.1)", 4.0, 0.6), ("ppo", "ppo", 9.0, 0.83),
+                                            ("base model", "base", 0.0, 0.14), ("sft", "sft", 17.0, 0.12))]
+    html_report._png = keep
+    try:
+        html_report.frontier_png(points)
+    finally:
+        html_report._png = original
+    assert captured["legend"].y1 <= captured["axes"].y0, "the legend overlaps the plot (and its points' labels)"
