@@ -5,8 +5,10 @@ from __future__ import annotations
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("runs", help="list the stored variants of every stage",
-                                 description="List every stored variant per stage (fingerprint, what differs from "
-                                             "the recipe, key metrics, date, size on disk); * marks the one "
+                                 description="List every stored variant per stage: fingerprint, date, size on disk, "
+                                             "key metrics (gold, KL, repetition, held-out accuracy or loss, PPO "
+                                             "score), the settings that tell a stage's variants apart, and whether "
+                                             "the recipe as written uses it (same) or why not; * marks the one "
                                              "<output_dir>/<stage> names.")
     parser.add_argument("recipe", nargs="?", help="the recipe whose output folder to list (and compare with)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",

@@ -13,7 +13,10 @@ from ..artifacts.artifact import Artifact
 from ..contract.context import BASES
 from .plan import STORE, Plan, why_changed
 
-SHOWN_METRICS = ("gold_mean", "kl_mean", "eval_accuracy", "eval_loss", "train_loss", "score_last", "kl_last", "pairs")
+SHOWN_METRICS = (("gold_mean", "gold"), ("kl_mean", "KL"), ("repetition_share", "repeat"),
+                 ("eval_accuracy", "held-out acc"), ("eval_rewards/accuracies", "held-out acc"),
+                 ("eval_loss", "held-out loss"), ("score_last", "score"), ("kl_last", "KL"), ("pairs", "pairs"))
+"""The metrics `runs` shows, where a stage has them, with their short names (the first of a name wins)."""
 
 
 @dataclass
@@ -53,36 +56,68 @@ def variants(out_dir: Path) -> list[Variant]:
 
 
 def differences(variant: Variant, plan: Plan | None) -> str:
-    """How a variant differs from what the recipe asks today ("the recipe's settings" when it is that)."""
+    """How a variant differs from what the recipe asks today ("same" when it is what the recipe would use)."""
     if plan is None or variant.stage not in plan.recipe.stages:
         return "-" if plan is None else "not in the recipe"
     wanted = plan[variant.stage]
     if wanted.fingerprint == variant.fingerprint:
-        return "the recipe's settings"
+        return "same"
     reason = why_changed(variant.stage, wanted.parts, variant.artifact.manifest.get("fingerprint_parts") or {})
     return reason.replace(f"stages.{variant.stage}.", "")
+
+
+def metrics_text(metrics: dict) -> str:
+    shown, names = [], set()
+    for key, name in SHOWN_METRICS:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in names:
+            names.add(name)
+            shown.append(f"{name} {value:.0%}" if key == "repetition_share" else
+                         f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(shown) or "-"
+
+
+def distinguishing_settings(rows: list[Variant]) -> dict[Path, str]:
+    """For each stage with several variants, the settings that tell them apart ("beta 0.3"); for a variant whose
+    settings are its siblings' (an evaluation of another upstream variant), the upstream variants it was made from."""
+    from .plan import _flatten
+
+    shown: dict[Path, str] = {}
+    for stage in {v.stage for v in rows}:
+        mine = [v for v in rows if v.stage == stage]
+        if len(mine) < 2:
+            continue
+        flat = {v.folder: _flatten(v.artifact.manifest.get("config") or {}) for v in mine}
+        keys = sorted({k for f in flat.values() for k in f if len({repr(g.get(k)) for g in flat.values()}) > 1})
+        for v in mine:
+            parts = [f"{key} {flat[v.folder].get(key, '(unset)')}" for key in keys[:3]]
+            if not parts:
+                upstream = (v.artifact.manifest.get("inputs") or {}).get("upstream") or {}
+                parts = [f"of {name} {fp[:12]}" for name, fp in upstream.items()]
+            shown[v.folder] = ", ".join(parts)
+    return shown
 
 
 def describe_variants(out_dir: Path, plan: Plan | None = None) -> str:
     rows = variants(out_dir)
     if not rows:
         return f"no stored variants in {out_dir}"
-    lines = [f"{'stage':<14}{'variant':<14}{'':2}{'finished':<18}{'size':>10}  {'metrics':<40}  "
-             "differs from the recipe",
-             "-" * 120]
-    total = 0
-    for v in rows:
-        total += v.size
-        metrics = {**v.artifact.metrics}
-        shown = ", ".join(f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
-                          for k in SHOWN_METRICS if k in metrics)[:40]
-        when = str(v.artifact.manifest.get("finished_at", "?"))[:16].replace("T", " ")
-        lines.append(f"{v.stage:<14}{v.fingerprint[:12]:<14}{'*' if v.current else ' ':2}{when:<18}"
-                     f"{size_text(v.size):>10}  {shown:<40}  {differences(v, plan)}")
+    settings = distinguishing_settings(rows)
+    table = [(v.stage, v.fingerprint[:12], "*" if v.current else "",
+              str(v.artifact.manifest.get("finished_at", "?"))[:16].replace("T", " "), size_text(v.size),
+              metrics_text(v.artifact.metrics), settings.get(v.folder, ""), differences(v, plan)) for v in rows]
+    header = ("stage", "variant", "", "finished", "size", "metrics", "settings", "vs the recipe")
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1]
+             for row in [header, *table]]
+    lines.insert(1, "-" * min(160, max(len(line) for line in lines)))
+    total = sum(v.size for v in rows)
     bases = folder_size(Path(out_dir) / BASES) if (Path(out_dir) / BASES).is_dir() else 0
     work = folder_size(Path(out_dir) / ".work") if (Path(out_dir) / ".work").is_dir() else 0
-    lines += ["", f"* the variant {out_dir}/<stage> names. {len(rows)} variants, {size_text(total)}; merged bases "
-                  f"{size_text(bases)}; checkpoints {size_text(work)}"]
+    lines += ["", f"* the variant {out_dir}/<stage> names; settings: what tells a stage's variants apart; "
+                  "vs the recipe: same, or why the recipe as written would not use it.",
+              f"{len(rows)} variants, {size_text(total)}; merged bases {size_text(bases)}; checkpoints "
+              f"{size_text(work)}"]
     return "\n".join(lines)
 
 

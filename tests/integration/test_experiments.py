@@ -78,8 +78,10 @@ def test_a_sweep_keeps_every_variant_and_shares_the_upstreams(swept):
     assert listed.returncode == 0, listed.stderr
     dpo_lines = [line for line in listed.stdout.splitlines() if line.startswith("dpo ")]
     assert len(dpo_lines) == 2
-    assert any("the recipe's settings" in line for line in dpo_lines)
+    assert any(line.rstrip().endswith("  same") for line in dpo_lines)
     assert any("config: beta 0.1 -> 0.3" in line for line in dpo_lines)
+    assert sorted("beta 0.1" in line for line in dpo_lines) == [False, True], "the settings column tells them apart"
+    assert all("held-out acc" in line for line in dpo_lines)
 
     # the recipe as written (beta 0.1) was one of the variants: a plain run is fully cached
     plan = make_plan(load_recipe(RECIPES / "tiny.yaml", [f"output_dir={swept}", *SHORT]))
