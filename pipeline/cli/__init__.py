@@ -32,8 +32,15 @@ interrupted mid-training resumes from its last checkpoint on the next run.
 """
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2) that points at --help, instead of the whole usage block before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m pipeline",
         description="Alignment pipeline: base model -> SFT -> reward model -> PPO/DPO, as a cached stage graph.",
         epilog=EPILOG,

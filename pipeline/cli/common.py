@@ -61,16 +61,24 @@ def seed_value(text: str) -> int:
     return _number(text, int, "a whole number", lambda v: 0 <= v <= 2**32 - 1, "must be in 0..2^32-1")
 
 
+def assignment(text: str) -> str:
+    """An argparse type for KEY.PATH=VALUE: `--set a.b 4` (a space for the '=') gets a message that says so."""
+    key, equals, _ = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY.PATH=VALUE: join key and value with '=' and no "
+                                         f"space: {text.strip() or 'stages.sft.lora.r'}=VALUE")
+    return text
+
+
 def recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a recipe value, e.g. --set stages.sft.train.max_steps=20 (value parsed as YAML; repeatable)",
-    )
+    override_arg(parser)
+
+
+def override_arg(parser: argparse.ArgumentParser, help_text: str = "override a recipe value, e.g. --set "
+                 "stages.sft.train.max_steps=20 (value parsed as YAML; repeatable)") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        type=assignment, help=help_text)
 
 
 def selection_args(parser: argparse.ArgumentParser) -> None:

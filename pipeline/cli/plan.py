@@ -3,7 +3,7 @@ parameter counts and a rough memory estimate per stage."""
 
 from __future__ import annotations
 
-from .common import recipe_args, selection_args
+from .common import assignment, recipe_args, selection_args
 from .planning import plans
 
 
@@ -13,7 +13,7 @@ def add_parser(commands) -> None:
                                              "trainable parameters and a rough memory estimate per stage.")
     recipe_args(parser)
     selection_args(parser)
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...", type=assignment,
                         help="plan a variant for each value, as `run --sweep` would run them")
     parser.add_argument("--launch", metavar="ACCELERATE_CONFIG",
                         help="estimate memory per process under this accelerate config (e.g. launch/gpu_zero3.yaml: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .common import recipe_args, selection_args
+from .common import assignment, recipe_args, selection_args
 from .planning import plans, replan
 
 HEADLINES = {
@@ -50,7 +50,7 @@ def add_parser(commands) -> None:
     selection_args(parser)
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep trainer checkpoints under <output_dir>/.work after a stage finishes")
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...", type=assignment,
                         help="run a variant for each value (several --sweep make a grid), e.g. --sweep "
                              "stages.dpo.beta=0.05,0.1,0.3; stages the variants share run once")
     parser.set_defaults(handler=handle)

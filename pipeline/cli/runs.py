@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .common import override_arg
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("runs", help="list the stored variants of every stage",
@@ -11,8 +13,7 @@ def add_parser(commands) -> None:
                                              "the recipe as written uses it (same) or why not; * marks the one "
                                              "<output_dir>/<stage> names.")
     parser.add_argument("recipe", nargs="?", help="the recipe whose output folder to list (and compare with)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a recipe value before comparing")
+    override_arg(parser, "override a recipe value before comparing")
     parser.add_argument("--output-dir", help="the output folder (default: the recipe's)")
     parser.set_defaults(handler=handle)
 

@@ -339,3 +339,15 @@ def test_eval_with_a_chat_card_as_prompts(capsys):
 def test_bad_launch_config(capsys, tmp_path):
     code, err = cli(capsys, "plan", TINY, "--launch", tmp_path / "missing.yaml")
     assert code != 0 and "missing.yaml" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["plan", TINY, "--set", "stages.sft.lora.r", "4"],
+     "argument --set: 'stages.sft.lora.r' is not KEY.PATH=VALUE: join key and value with '=' and no space"),
+    (["plan", TINY, "--sweep", "stages.dpo.beta"], "argument --sweep: 'stages.dpo.beta' is not KEY.PATH=VALUE"),
+    (["plan"], "the following arguments are required: recipe"),
+])
+def test_usage_errors_are_one_line_that_points_at_help(capsys, args, expected):
+    code, err = cli(capsys, *args)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().endswith("--help)"), err
