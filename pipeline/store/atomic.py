@@ -13,8 +13,24 @@ from typing import Iterator
 from filelock import FileLock
 
 
+def readable_as_umask_allows(folder: Path) -> None:
+    """Give every file under ``folder`` the read permissions a plain ``open()`` would have given it. safetensors
+    writes through a private temporary file (mode 0600), so weights alone came out unreadable to the group and
+    others, unlike every other file of the folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    readable = 0o444 & ~mask
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode | readable != mode:
+                os.chmod(path, mode | readable)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing an older ``final`` (renamed aside first, then deleted)."""
+    """Move ``tmp`` to ``final``, replacing an older ``final`` (renamed aside first, then deleted); its files readable
+    as the umask allows."""
+    readable_as_umask_allows(tmp)
     old = None
     if final.exists():
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
