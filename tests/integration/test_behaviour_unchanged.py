@@ -47,7 +47,8 @@ PPO_VARIANTS = {
 
 def observe(out: Path) -> dict:
     """Run the tiny chain (all stages and evaluation nodes), then each PPO variant, and collect what they computed."""
-    run_recipe(TINY, [f"output_dir={out / 'chain'}"])
+    # recorded when the tiny recipe's gold judge was VADER (it is the digit-share rule now; the samples are the same)
+    run_recipe(TINY, [f"output_dir={out / 'chain'}", "evaluate.judge=vader"])
     observed = {"eval": {}, "ppo": {}}
     for node in sorted((out / "chain").glob("eval-*")):
         observed["eval"][node.name] = json.loads((node / "eval.json").read_text())
