@@ -1,5 +1,5 @@
 """`plan`: the stage graph of a recipe (each sweep point's), what is cached and what will run with the reason, and
-parameter counts and a rough memory estimate per stage."""
+parameter counts, a rough memory estimate and the expected time per stage."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from .planning import plans
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("plan", help="show the stage graph, what is cached, sizes and memory",
-                                 description="Show stage order, what is cached and what will run, parameter counts, "
-                                             "trainable parameters and a rough memory estimate per stage.")
+    parser = commands.add_parser("plan", help="show the stage graph, what is cached, sizes, memory and time",
+                                 description="Show stage order, what is cached and what will run (and why), "
+                                             "parameter counts, trainable parameters, a rough memory estimate and "
+                                             "the expected time per stage: what it took here before with the same "
+                                             "settings, or (~) an estimate from its FLOPs and this CPU's matmul "
+                                             "rate.")
     recipe_args(parser)
     selection_args(parser)
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...", type=assignment,
