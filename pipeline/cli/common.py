@@ -32,7 +32,7 @@ def setup_logging(verbose: bool) -> None:
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
         os.environ.setdefault(name, value)
     for noisy in ("DeepSpeed", "datasets", "httpx", "transformers", "accelerate", "torch.distributed", "matplotlib",
-                  "bitsandbytes", "huggingface_hub"):
+                  "kernels", "bitsandbytes", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # DeepSpeed sets its logger's level back to INFO when it is imported; a filter on the logger object survives that
     logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)

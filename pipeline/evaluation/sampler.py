@@ -68,6 +68,16 @@ def _warpers(settings: SamplingSettings):
     return warpers
 
 
+def _cache_keyword(model) -> str:
+    """The keyword the model's forward takes its KV cache by: transformers 5.25 renamed ``past_key_values`` to
+    ``cache`` (the old name warns, and goes in 5.40); models written for older versions still take the old one."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP / DeepSpeed engines
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+
+
 def _zero3_world() -> bool:
     """Whether this process is one of several under DeepSpeed ZeRO-3: every forward then needs every process (each
     holds a shard of the weights), so all keep stepping until the last row of any process has ended."""
@@ -103,7 +113,8 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=getattr(model, "config", None))
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    with_cache = {_cache_keyword(model): cache}
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **with_cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]
     if len(firsts) != len(prompts):  # each copy of a prompt continues from the one prefill
         cache.batch_select_indices(source)
@@ -135,7 +146,7 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
             continue
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
         logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                       **with_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         next_position = next_position + 1
     return outputs
 

@@ -67,3 +67,17 @@ def test_samples_do_not_depend_on_the_batch_size_and_copies_share_one_prefill(mo
                          seed=4, progress=False)
         assert [c.completion_ids for c in alone] == [c.completion_ids for c in together]
     assert len({tuple(c.completion_ids) for c in together[:3]}) > 1, "copies of a prompt draw different samples"
+
+
+def test_the_cache_goes_by_the_keyword_the_model_takes_without_a_deprecation_warning(model, tiny_tokenizer):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    for candidate in (model, adapted):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(candidate, tiny_tokenizer, PROMPTS[:2], SamplingSettings(max_new_tokens=4), seed=0)
+        assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+    adapted.unload()
