@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..artifacts.artifact import LOG_HISTORY, Artifact
 from ..artifacts.outputs import EvaluationOutput
+from ..training.trainer import LIVE_LOG
 from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
@@ -122,8 +123,11 @@ def frontier_png(points: list[dict]) -> bytes:
         fill = [cmap(scale(p["repetition"])) if p.get("repetition") is not None else "0.8" for p in mine]
         ax.scatter([p["kl"] for p in mine], [p["gold"] for p in mine], c=fill, marker=markers[i % len(markers)],
                    s=60, edgecolors="black", linewidths=0.6, label=kind, zorder=2)
+    low, high = min(p["kl"] for p in points), max(p["kl"] for p in points)
     for p, offset in zip(points, _label_offsets(points)):
-        ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(5, offset), fontsize=7)
+        right_side = high > low and (p["kl"] - low) / (high - low) > 0.6  # its label would run off the axes
+        ax.annotate(p["label"], (p["kl"], p["gold"]), textcoords="offset points", xytext=(-5 if right_side else 5,
+                    offset), ha="right" if right_side else "left", fontsize=7)
     if shares:
         bar = fig.colorbar(plt.cm.ScalarMappable(norm=scale, cmap=cmap), ax=ax)
         bar.set_label("repetition share (a content word 3+ times)", fontsize=8)
@@ -157,10 +161,27 @@ def curves_png(stage: str, history: list[dict], target: float | None = None) -> 
     return None if fig is None else _png(fig)
 
 
+def logged_steps(folder: Path) -> list[dict]:
+    """Everything a stage logged: the live log the artifact keeps (it holds the evaluation after training, which the
+    trainer's own log_history.json does not), else log_history.json."""
+    live = folder / LIVE_LOG
+    if live.is_file():
+        rows = []
+        for line in live.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash
+                continue
+        return rows
+    return json.loads((folder / LOG_HISTORY).read_text()) if (folder / LOG_HISTORY).is_file() else []
+
+
 def _series(history: list[dict], key: str) -> list[tuple[float, float]]:
-    return [(row["step"], row[key]) for row in history
-            if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
-            and row.get("step") is not None]
+    """(step, value) of ``key``, one per step (a resumed stage logs its last steps again: the later value wins)."""
+    by_step = {row["step"]: row[key] for row in history
+               if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+               and row.get("step") is not None}
+    return sorted(by_step.items())
 
 
 def curves_figure(stage: str, history: list[dict], target: float | None = None):
@@ -230,9 +251,9 @@ def render(plan: Plan, out: Path) -> Path:
     for stage in plan.stages:
         folder = shown_folder(plan, stage)
         artifact = Artifact.read(folder)
-        if artifact is None or not (folder / LOG_HISTORY).is_file():
+        history = logged_steps(folder) if artifact is not None else []
+        if not history:
             continue
-        history = json.loads((folder / LOG_HISTORY).read_text())
         png = curves_png(stage.name, history, kl_target(artifact.manifest.get("config") or {}))
         if png is not None:
             curves.append((f"{out.stem}-{stage.name}.png", png, f"{stage.name} ({stage.kind}) training curves"))

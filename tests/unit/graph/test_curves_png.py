@@ -90,3 +90,19 @@ def test_the_frontier_legend_sits_below_the_axes():
     finally:
         html_report._png = original
     assert captured["legend"].y1 <= captured["axes"].y0, "the legend overlaps the plot (and its points' labels)"
+
+
+def test_the_report_reads_the_live_log_which_holds_the_evaluation_after_training(tmp_path):
+    import json
+
+    from pipeline.graph.html_report import logged_steps
+
+    trained = [{"step": s, "loss": 1.0 / s, "accuracy": 0.5 + 0.05 * s} for s in (1, 2, 3)]
+    (tmp_path / "log_history.json").write_text(json.dumps(trained))
+    resumed = [*trained[:2], {"step": 2, "loss": 0.45, "accuracy": 0.61}, trained[2],
+               {"step": 3, "eval_loss": 0.9, "eval_accuracy": 0.64}]
+    (tmp_path / "log_history.jsonl").write_text("\n".join(map(json.dumps, resumed)) + '\n{"step": 4, "lo')
+    axes = panels(curves_figure("reward", logged_steps(tmp_path)))
+    (training, held_out) = axes["accuracy"].get_lines()
+    assert list(training.get_xdata()) == [1, 2, 3] and training.get_ydata()[1] == 0.61, "one point per step"
+    assert list(held_out.get_ydata()) == [0.64]
