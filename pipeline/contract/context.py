@@ -114,6 +114,9 @@ class StageContext:
         if self.is_main:
             with built_once(folder) as tmp:
                 if tmp is not None:
+                    log.info("[%s] merging %s's adapter into a plain model folder (once; every stage that starts "
+                             "from it shares %s)", self.name, upstream.manifest.get("stage", upstream.path.name),
+                             folder)
                     source = artifact_source(self.recipe, upstream.path)
                     source.load().save_pretrained(tmp, safe_serialization=True)
                     source.tokenizer().save_pretrained(tmp)
