@@ -118,7 +118,11 @@ class StageContext:
                              "from it shares %s)", self.name, upstream.manifest.get("stage", upstream.path.name),
                              folder)
                     source = artifact_source(self.recipe, upstream.path)
-                    source.load().save_pretrained(tmp, safe_serialization=True)
+                    # Loading an adapter draws its initial weights before reading the stored ones: on the stage's
+                    # random stream, that would make what the stage computes depend on whether an earlier stage or
+                    # run had already built this folder. The build draws from a stream of its own.
+                    with _own_random_stream():
+                        source.load().save_pretrained(tmp, safe_serialization=True)
                     source.tokenizer().save_pretrained(tmp)
         self.barrier()
         return str(folder)
@@ -142,3 +146,10 @@ class StageContext:
         if last and self.is_main:
             log.info("[%s] resuming from %s", self.name, last)
         return last
+
+
+def _own_random_stream():
+    """torch's random state (CPU and every visible GPU) as it was, once the block is done."""
+    import torch
+
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))

@@ -226,3 +226,23 @@ def test_a_first_run_announces_its_expected_time_and_counts_it_down(make_recipe,
     text = caplog.text
     assert "2 stages to run, expected about" in text and "from the FLOP model" in text, text
     assert "[1/2] sft (sft): 0s elapsed, about" in text and "[2/2] next (sft):" in text and " left" in text
+
+
+def test_a_stage_computes_the_same_whether_or_not_an_earlier_run_built_its_merged_base(tiny_upstream, tmp_path):
+    """The reward model starts from the SFT policy's merged weights, built once into .bases/ by the first stage that
+    needs them. Building them loads an adapter, which draws its initial weights before reading the stored ones: on
+    the stage's random stream, the reward model's new score head then depended on whether the folder was already
+    there (a chain from nothing and a rerun of the stage alone trained different reward models)."""
+    import shutil
+
+    from support import RECIPES, copy_artifacts, run_recipe
+
+    out = copy_artifacts(tiny_upstream, tmp_path / "out", ("sft", "preferences"))
+    shutil.rmtree(out / ".bases", ignore_errors=True)  # as in a chain from nothing: reward builds it
+    short = [f"output_dir={out}", "stages.reward.train.max_steps=2", "evaluate=null"]
+    run_recipe(RECIPES / "tiny.yaml", short, only=["reward"], force=["reward"])
+    assert list((out / ".bases").glob("sft-*/model.safetensors")), "the reward stage built the merged base"
+    first = load_file(out / "reward" / "model.safetensors")
+    run_recipe(RECIPES / "tiny.yaml", short, only=["reward"], force=["reward"])  # the merged base is there now
+    again = load_file(out / "reward" / "model.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
