@@ -50,7 +50,7 @@ class DPOStageConfig(PairwiseStageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
-    time_fit: ClassVar[tuple[float, float] | None] = (0.44, 8.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.41, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops

@@ -28,7 +28,7 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     attached: ClassVar[bool] = True
     recipe_section: ClassVar[str] = "evaluate"
     node_prefix: ClassVar[str] = "eval-"
-    time_fit: ClassVar[tuple[float, float] | None] = (0.55, 5.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.48, 0.5)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops

@@ -158,7 +158,7 @@ class PPOStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
-    time_fit: ClassVar[tuple[float, float] | None] = (0.64, 15.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.60, 5.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops

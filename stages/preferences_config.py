@@ -35,7 +35,7 @@ class PreferencesStageConfig(StageConfig):
 
     produces: ClassVar[str] = "preferences"
     accepts: ClassVar[dict[str, bool]] = {"policy": True, "reward_model": False}
-    time_fit: ClassVar[tuple[float, float] | None] = (0.66, 5.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.60, 0.5)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration

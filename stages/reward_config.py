@@ -26,7 +26,7 @@ class RewardStageConfig(PairwiseStageConfig):
     """Weight of the penalty on the mean squared reward, which keeps rewards centred on zero (Eisenstein et al.)."""
 
     produces: ClassVar[str] = "reward_model"
-    time_fit: ClassVar[tuple[float, float] | None] = (0.95, 8.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.89, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops

@@ -41,7 +41,7 @@ class SFTStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
-    time_fit: ClassVar[tuple[float, float] | None] = (0.38, 8.0)
+    time_fit: ClassVar[tuple[float, float] | None] = (0.34, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops

@@ -20,8 +20,9 @@ from . import flops
 PROMPT_TOKENS = 32
 """Rendered prompt length assumed for sampling stages (rlhf.yaml's movie prompts are 20-30 tokens)."""
 
-REFERENCE_RATE = 365e9
-"""The probe's bf16 rate on the machine the kinds' time_fit were fitted on."""
+REFERENCE_RATE = 387e9
+"""This probe's bf16 rate on the machine the kinds' time_fit were fitted on: its 2048^3 probe gave 365 GFLOP/s, and
+this 1024^3 one gives 1.06x that on a sibling machine (AMD EPYC family 25 model 17: 440 against 416, 2026-12-06)."""
 
 
 @dataclass(frozen=True)

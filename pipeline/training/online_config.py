@@ -97,7 +97,7 @@ class OnlineStageConfig(StageConfig):
     def writes_merged(self) -> bool:
         return self.merge
 
-    time_fit: ClassVar[tuple[float, float] | None] = (0.64, 10.0)  # not measured: PPO's, the closest kind
+    time_fit: ClassVar[tuple[float, float] | None] = (0.60, 3.0)  # not measured: PPO's, the closest kind
 
     def work_flops(self, shape, upstream: dict) -> float | None:
         from ..models import duration, flops

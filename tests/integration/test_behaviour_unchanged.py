@@ -10,7 +10,10 @@ The expected values were recorded from main at ac3b51e (before the restructuring
 and the restructured code matched them. They were recorded again (tests/data/behaviour_batch_invariant_sampling.json)
 by the commit that gave every sampled row its own random stream (issue 31: pipeline/evaluation/sampler.py), which
 changes which tokens are drawn and so everything downstream, and nothing else: the commit before it still matched
-the ac3b51e recording. Timings are left out; everything else must match to float tolerance.
+the ac3b51e recording. And once more by the commit that builds the merged base (.bases/) on a random stream of its
+own: in this chain the reward stage builds it, which had drawn from the stream the reward model's new score head is
+then initialised from; the commit before it still matched the previous recording. Timings are left out; everything
+else must match to float tolerance.
 
 The chain runs in a subprocess pinned to the same kernels on every x86 CPU (ATen's default capability, MKL's
 conditional numerical reproducibility, oneDNN capped at SSE4.1, 2 threads): left free, AVX2 and AVX-512 kernels sum in
