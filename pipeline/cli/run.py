@@ -32,10 +32,13 @@ RUN_LOG = "run.log"
 """The pipeline's log lines of every run into an output folder, appended (the progress bars stay on the terminal)."""
 
 
-def next_commands(args) -> str:
-    """What to try after a run, with the run's own output folder and overrides."""
+def next_commands(args, out_dir) -> str:
+    """What to try after a run, with the run's own output folder (``out_dir``) and overrides; chat and export take no
+    --set, so an output folder set by an override reaches them as --output-dir."""
     folder = f" --output-dir {args.output_dir}" if args.output_dir else ""
     where = folder + "".join(f" --set {o}" for o in args.overrides)
+    if not folder and any(o.startswith("output_dir=") for o in args.overrides):
+        folder = f" --output-dir {out_dir}"
     return "\n".join(["next:",
                       f"  python -m pipeline report {args.recipe}{where}    # gold table, curves, frontier plot",
                       f"  python -m pipeline runs {args.recipe}{where}      # every stored variant, what differs",
@@ -95,5 +98,5 @@ def handle(args) -> int:
             if table:
                 print("\n" + table + "\n")
         print(f"artifacts in {variants[0].out_dir} (log: {variants[0].out_dir / RUN_LOG})")
-        print(next_commands(args))
+        print(next_commands(args, variants[0].out_dir))
     return 0

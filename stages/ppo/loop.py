@@ -443,7 +443,10 @@ class PPORun:
                                 self._state())
         bar.close()
         if config.train.report_to:
-            self.accelerator.end_training()
+            # not end_training(): it also destroys the process group, which this stage's last gathers and the stages
+            # after it still need
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
         steps_run = self.step - first_step
         elapsed = time.perf_counter() - started
         return self._final_metrics(steps_run, elapsed)

@@ -246,3 +246,16 @@ def test_a_stage_computes_the_same_whether_or_not_an_earlier_run_built_its_merge
     run_recipe(RECIPES / "tiny.yaml", short, only=["reward"], force=["reward"])  # the merged base is there now
     again = load_file(out / "reward" / "model.safetensors")
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_next_commands_point_chat_and_export_at_an_output_folder_set_by_override(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.cli.run import next_commands
+
+    args = SimpleNamespace(recipe="recipes/tiny.yaml", output_dir=None, overrides=[f"output_dir={tmp_path}"])
+    lines = next_commands(args, tmp_path).splitlines()
+    chat = next(line for line in lines if " chat " in line)
+    assert f"--output-dir {tmp_path}" in chat, chat
+    plain = SimpleNamespace(recipe="recipes/tiny.yaml", output_dir=None, overrides=[])
+    assert "--output-dir" not in next_commands(plain, Path("runs/tiny"))
