@@ -27,7 +27,8 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_shows_the_commands_a_newcomer_needs():
     verbs = [c[0] for c in readme_commands()]
-    assert verbs[0] == "run" and {"report", "runs", "chat", "export"} <= set(verbs)
+    assert {"plan", "run", "report", "runs", "chat", "export"} <= set(verbs)
+    assert verbs.index("plan") < verbs.index("run") < min(verbs.index(v) for v in ("report", "runs", "chat", "export"))
 
 
 def test_every_quick_readme_command_succeeds(tmp_path):
