@@ -275,7 +275,7 @@ def why_changed(name: str, old: dict, new: dict) -> str:
         reasons.append(f"upstream {', '.join(changed_upstream)} changed")
     if old.get("kind") != new["kind"]:
         reasons.append(f"kind {old.get('kind')} -> {new['kind']}")
-    config_diffs = _diff(_flatten(old.get("config", {})), _flatten(new["config"]))
+    config_diffs = _diff(flatten_settings(old.get("config", {})), flatten_settings(new["config"]))
     data_diffs = [key for key, a, b in config_diffs if str(a).startswith("sha256:") and str(b).startswith("sha256:")]
     config_diffs = [d for d in config_diffs if d[0] not in data_diffs]
     if data_diffs:
@@ -307,11 +307,11 @@ def why_changed(name: str, old: dict, new: dict) -> str:
     return "; ".join(reasons) or "fingerprint changed"
 
 
-def _flatten(value, prefix: str = "") -> dict:
+def flatten_settings(value, prefix: str = "") -> dict:
     if isinstance(value, dict):
         flat = {}
         for key, child in value.items():
-            flat.update(_flatten(child, f"{prefix}{key}."))
+            flat.update(flatten_settings(child, f"{prefix}{key}."))
         return flat or {prefix.rstrip("."): {}}
     return {prefix.rstrip("."): value}
 

@@ -80,14 +80,14 @@ def metrics_text(metrics: dict) -> str:
 def distinguishing_settings(rows: list[Variant]) -> dict[Path, str]:
     """For each stage with several variants, the settings that tell them apart ("beta 0.3"); for a variant whose
     settings are its siblings' (an evaluation of another upstream variant), the upstream variants it was made from."""
-    from .plan import _flatten
+    from .plan import flatten_settings
 
     shown: dict[Path, str] = {}
     for stage in {v.stage for v in rows}:
         mine = [v for v in rows if v.stage == stage]
         if len(mine) < 2:
             continue
-        flat = {v.folder: _flatten(v.artifact.manifest.get("config") or {}) for v in mine}
+        flat = {v.folder: flatten_settings(v.artifact.manifest.get("config") or {}) for v in mine}
         keys = sorted({k for f in flat.values() for k in f if len({repr(g.get(k)) for g in flat.values()}) > 1})
         for v in mine:
             parts = [f"{key} {flat[v.folder].get(key, '(unset)')}" for key in keys[:3]]

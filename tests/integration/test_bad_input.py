@@ -139,7 +139,7 @@ RECIPES_CASES = [
     ("recipe is binary", lambda t: (recipe_file(t, raw=bytes(range(256))), []), "not UTF-8 text"),
     ("YAML syntax", lambda t: (recipe_file(t, text="name: x\nstages:\n  sft: {kind: sft\n"), []), "not valid YAML"),
     ("alias bomb", lambda t: (recipe_file(t, text=BOMB + "\n"), []), "values through its aliases"),
-    ("--set without =", lambda t: (TINY, ["--set", "justakey"]), "--set justakey: expected KEY.PATH=VALUE"),
+    ("--set without =", lambda t: (TINY, ["--set", "justakey"]), "argument --set: 'justakey' is not KEY.PATH=VALUE"),
     ("--set below a value", lambda t: (TINY, ["--set", "stages.sft.max_length.x=1"]),
      "'stages.sft.max_length' is not a mapping"),
     ("recipe is a list", lambda t: (recipe_file(t, text="- a\n- b\n"), []), "a recipe is a YAML mapping"),

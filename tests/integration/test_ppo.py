@@ -219,7 +219,8 @@ def test_pi_controller_holds_the_kl_band_where_the_proportional_one_overshoots(o
 
 def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
     """Tiny recipe, target 4 nats and a coefficient too small to hold it (proportional controller, horizon 10^6: it
-    barely moves): unguarded, the full 8 updates a step carry the KL to about 12 by step 15 (measured 11.6); with
+    barely moves): unguarded, the full 8 updates a step carry the KL past twice the target by step 15 (measured 11.6,
+    and 9.0 with the reward model trained since the merged base has its own random stream); with
     kl.guard 1.2 each update is checked once it has run, and the one that carried the predicted KL above 4.8 nats
     is undone (measured: steps 14-15 keep none, the KL stays at 4.7-6.0, rollout noise)."""
     settings = ["stages.ppo.train.max_steps=15", "stages.ppo.train.logging_steps=1", "stages.ppo.train.save_steps=100"]
@@ -238,7 +239,7 @@ def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
     assert any(s["updates"] == 0 for s in guarded), "even a step's first update is undone when it leaves the band"
     assert any(s["updates"] == 8 for s in guarded), "below the band nothing is held back"
     free_max, guarded_max = max(s["kl"] for s in free), max(s["kl"] for s in guarded)
-    assert free_max > 9.0 and guarded_max < 0.7 * free_max, (free_max, guarded_max)
+    assert free_max > 2 * 4.0 and guarded_max < 0.7 * free_max, (free_max, guarded_max)
 
 
 def test_an_undone_update_leaves_no_trace(out, monkeypatch):

@@ -89,9 +89,9 @@ def cli(kinds: Path, *args: str):
 def actions(result) -> dict[str, tuple[str, str]]:
     rows = {}
     for line in result.stdout.splitlines():
-        parts = line.split(None, 7)
+        parts = line.split(None, 8)  # stage kind from action params trainable mem time reason
         if len(parts) >= 4 and parts[0] in ("make", "filter"):
-            rows[parts[0]] = (parts[3], parts[7] if len(parts) > 7 else "")
+            rows[parts[0]] = (parts[3], parts[8] if len(parts) > 8 else "")
     return rows
 
 
