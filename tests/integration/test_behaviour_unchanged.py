@@ -33,6 +33,8 @@ import pytest
 
 from support import ROOT, TESTS, copy_artifacts, run_recipe
 
+pytestmark = pytest.mark.slow  # the whole tiny chain and three PPO variants, on pinned (slower) kernels
+
 TINY = ROOT / "recipes" / "tiny.yaml"
 EXPECTED = ROOT / "tests" / "data" / "behaviour_batch_invariant_sampling.json"
 TIMINGS = {"step_time_s", "generate_time_s", "generated_tokens_per_s"}
