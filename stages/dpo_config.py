@@ -53,13 +53,11 @@ class DPOStageConfig(PairwiseStageConfig):
     time_fit: ClassVar[tuple[float, float] | None] = (0.41, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
-        from pipeline.models import duration, flops
+        from pipeline.models import flops
 
-        steps = duration.training_steps(self.train)
-        if steps is None:
+        if (steps := self.pair_steps()) is None:
             return None
-        tokens = 2 * steps[1] * self.max_length  # chosen and rejected
-        step = flops.dpo_training(shape, tokens, self.max_length, flops.Lora.of(shape, self.lora),
+        step = flops.dpo_training(shape, steps[1], self.max_length, flops.Lora.of(shape, self.lora),
                                   self.precompute_ref_log_probs, self.share_trunk)
         return steps[0] * sum(step.values())
 

@@ -29,14 +29,12 @@ class RewardStageConfig(PairwiseStageConfig):
     time_fit: ClassVar[tuple[float, float] | None] = (0.89, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
-        from pipeline.models import duration, flops
+        from pipeline.models import flops
 
-        steps = duration.training_steps(self.train)
-        if steps is None:
+        if (steps := self.pair_steps()) is None:
             return None
-        tokens = 2 * steps[1] * self.max_length  # chosen and rejected
         lora = flops.Lora.of(shape, self.lora)
-        return steps[0] * sum(flops.score_training(shape, tokens, self.max_length, lora).values())
+        return steps[0] * sum(flops.score_training(shape, steps[1], self.max_length, lora).values())
 
 
 CONFIG = RewardStageConfig

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Strict(BaseModel):
@@ -128,6 +128,10 @@ def installed_trackers(names: list[str]) -> list[str]:
     return names
 
 
+Trackers = Annotated[list[str], BeforeValidator(trackers_list), AfterValidator(installed_trackers)]
+"""A `report_to` list: one name or several, each a known tracker whose package is installed."""
+
+
 def default_trackers() -> list[str]:
     """TensorBoard where it is installed (a dependency of this project: offline, nothing to sign up for)."""
     import importlib.util
@@ -171,22 +175,12 @@ class TrainSettings(Strict):
     """Write a resumable trainer checkpoint every this many steps (kept until the stage finishes)."""
     callbacks: list[str] = []
     """Extra transformers TrainerCallback classes, as "module:ClassName" (imported, never evaluated)."""
-    report_to: list[str] | None = None
+    report_to: Trackers | None = None
     """Experiment trackers that get every logged step: tensorboard (offline; event files under
     <output_dir>/tensorboard/, open with `tensorboard --logdir runs/`), wandb, mlflow, comet_ml, ... (transformers'
     integrations for the TRL stages, accelerate's trackers for ppo; the package must be installed); [] for none.
     Unset: the recipe's top-level `report_to` (tensorboard by default). Not part of the stage's fingerprint:
     turning a tracker on or off trains nothing again."""
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return trackers_list(value)
-
-    @field_validator("report_to")
-    @classmethod
-    def _installed_trackers(cls, names: list[str] | None) -> list[str] | None:
-        return None if names is None else installed_trackers(names)
 
     @field_validator("max_steps")
     @classmethod

@@ -18,10 +18,9 @@ from ..config.schema import (
     ExistingPath,
     StageConfig,
     Strict,
+    Trackers,
     base_dir,
     default_trackers,
-    installed_trackers,
-    trackers_list,
 )
 from ..evaluation.settings import EvalSettings
 from ..models.sources import check_source
@@ -128,7 +127,7 @@ class Recipe(Strict):
     made from `evaluate:` are added here too."""
     evaluate: EvaluateSection | None = None
     """Gold evaluation of the base model and of every policy stage (each an `evaluate` node of the graph)."""
-    report_to: list[str] = Field(default_factory=default_trackers)
+    report_to: Trackers = Field(default_factory=default_trackers)
     """Experiment trackers for every training stage that sets no `train.report_to` of its own: tensorboard by
     default (offline event files under <output_dir>/tensorboard/, `tensorboard --logdir runs/<name>/tensorboard`);
     wandb, mlflow, ... where installed; [] turns tracking off."""
@@ -136,16 +135,6 @@ class Recipe(Strict):
     """Variants to run side by side: dotted key -> values, e.g. {stages.dpo.beta: [0.05, 0.1, 0.3]}; several keys
     make a grid. `run` runs every combination (stages they share once), `report` draws them all. --sweep on the
     command line does the same."""
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return trackers_list(value)
-
-    @field_validator("report_to")
-    @classmethod
-    def _installed_trackers(cls, names: list[str]) -> list[str]:
-        return installed_trackers(names)
 
     @model_validator(mode="after")
     def _stage_trackers(self):

@@ -36,6 +36,14 @@ class PairwiseStageConfig(StageConfig):
     def trained_models(self) -> dict[str, LoraSettings | None]:
         return {"lora": self.lora}
 
+    def pair_steps(self) -> tuple[int, int] | None:
+        """(optimizer steps, tokens a step: every pair's chosen and rejected at max_length) for ``work_flops``; None
+        when the stage runs for epochs."""
+        from ..models import duration
+
+        steps = duration.training_steps(self.train)
+        return None if steps is None else (steps[0], 2 * steps[1] * self.max_length)
+
     def memory_profile(self) -> MemoryProfile:
         # chosen and rejected of each pair go through the model together: twice the micro-batch
         return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
