@@ -40,7 +40,7 @@ def handle(args) -> int:
         print(f"recipe {recipe.name}: base model {recipe.model.source} ({plan.base_model_path})")
         print(f"output: {plan.out_dir}\n")
         header = (f"{'stage':<14}{'kind':<12}{'from':<18}{'action':<8}{'params':>12}{'trainable':>12}{'mem GiB':>9}"
-                  f"{'time':>8}  reason")
+                  f" {'time':>8}  reason")
         print(header)
         print("-" * len(header))
         dtype = recipe.model.run_dtype
@@ -57,7 +57,7 @@ def handle(args) -> int:
             seconds = expected.get(stage.name)
             took = ("" if seconds.measured else "~") + duration_text(seconds.seconds) if seconds else "-"
             print(f"{stage.name:<14}{stage.kind:<12}{','.join(config.from_) or '(base)':<18}{stage.action.value:<8}"
-                  f"{params:>12}{trainable:>12}{memory:>9}{took:>8}  {stage.reason}")
+                  f"{params:>12}{trainable:>12}{memory:>9} {took:>8}  {stage.reason}")
         print()
         print(time_summary(plan, expected, rate, recipe.model.run_dtype))
         print()
