@@ -299,8 +299,11 @@ def ppo_training_shared(shape: Shape, batch: int, prompt: float, response: float
     model have in common (below all three models' lowest trained layers) run once, the policy's other frozen layers
     once for it and its reference, the value model's once; each model then runs its own layers from its lowest
     trained one up, and the PPO epochs (and kl.guard's extra forward) run only those of the policy and the value
-    model, on the hidden states kept there. The reward score is a separate full pass: the reward model reads the
-    text as its own chat rendering, which ends with template tokens the rollout does not hold. Sampling, the heads and
+    model, on the hidden states kept there. The reward model is the value model with its adapter off: its score runs
+    only the layers from the value model's lowest trained one, again with the adapter off, on the hidden states the
+    value model has there (the rollout extended by the end-of-turn tokens of the reward model's rendering: a token
+    or two, left out here). With a value model that trains every weight the reward model is a frozen copy: a
+    separate full pass. Sampling, the heads and
     the backward (which stops at the lowest trained layer anyway) are what they are without sharing. A policy that
     trains every weight has a separate reference copy, and sharing is off: ppo_training's count."""
     cost = ppo_training(shape, batch, prompt, response, policy, value, epochs, guard_rows)
@@ -317,7 +320,7 @@ def ppo_training_shared(shape: Shape, batch: int, prompt: float, response: float
         + layers_forward(shape, tokens, keys, policy, policy_own) \
         + layers_forward(shape, tokens, keys, layers=policy_own) \
         + layers_forward(shape, tokens, keys, value, value_own) \
-        + layers_forward(shape, tokens, keys)  # the reward model's own pass
+        + layers_forward(shape, tokens, keys, layers=value_own if value is not None else None)  # the reward model
     own = _training_forward(shape, tokens, keys, positions, policy, value, policy_own, value_own)
     cost["epochs: forward"] = epochs * own
     if guard_rows:

@@ -18,6 +18,18 @@ def conversation(prompt, completion) -> list[dict]:
     return prompt_messages + completion_messages
 
 
+def reward_token_ids(tokenizer, prompts, completions) -> list[list[int]]:
+    """The token ids a reward model reads for each (prompt, completion): the conversation through the chat template
+    (raw concatenated text without one), cut at the tokenizer's model_max_length (at most 4096)."""
+    if tokenizer.chat_template:
+        ids = [tokenizer.apply_chat_template(conversation(p, c), tokenize=True, return_dict=False)
+               for p, c in zip(prompts, completions)]
+    else:
+        ids = [tokenizer(f"{p}{c}")["input_ids"] for p, c in zip(prompts, completions)]
+    limit = min(tokenizer.model_max_length, 4096)
+    return [row[:limit] for row in ids]
+
+
 class RewardModel:
     """A sequence-classification model with one label and its tokenizer, scoring (prompt, completion) batches.
 
@@ -28,7 +40,6 @@ class RewardModel:
         if model.config.num_labels != 1:
             raise ModelError(f"a reward model has one output, this one has {model.config.num_labels}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.max_length = min(tokenizer.model_max_length, 4096)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, batch_size: int = 16, dtype: str = "auto") -> "RewardModel":
@@ -45,13 +56,8 @@ class RewardModel:
         return cls(model, tokenizer, batch_size)
 
     def token_ids(self, prompts, completions) -> list[list[int]]:
-        """The token ids ``score`` reads for each (prompt, completion), cut at ``max_length``."""
-        if self.tokenizer.chat_template:
-            ids = [self.tokenizer.apply_chat_template(conversation(p, c), tokenize=True, return_dict=False)
-                   for p, c in zip(prompts, completions)]
-        else:
-            ids = [self.tokenizer(f"{p}{c}")["input_ids"] for p, c in zip(prompts, completions)]
-        return [row[: self.max_length] for row in ids]
+        """The token ids ``score`` reads for each (prompt, completion) (``reward_token_ids``)."""
+        return reward_token_ids(self.tokenizer, prompts, completions)
 
     def score(self, prompts, completions) -> list[float]:
         return self.score_ids(self.token_ids(prompts, completions))

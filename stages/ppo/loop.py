@@ -30,7 +30,7 @@ from pipeline.data.loading import card_prompts
 from pipeline.errors import TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
 from pipeline.evaluation.metrics import repeats_itself
-from pipeline.models.reward_model import RewardModel
+from pipeline.models.reward_model import RewardModel, reward_token_ids
 from pipeline.rl import ppo_math
 from pipeline.training.distributed import uncount_accumulation_step, uses_deepspeed
 from pipeline.training.trainer import append_live_log, live_log_resumed_at
@@ -162,19 +162,29 @@ class PPORun:
 
         config = self.config
         batch = Rollout.pack(completions, self.pad_id, self.accelerator.device)
-        logprobs, ref_logprobs, values = [], [], []
+        logprobs, ref_logprobs, values, rewards = [], [], [], []
         cache: dict[str, list] = {"policy": [], "value": []}
         micro = config.train.batch_size
         temperature = config.sampling.temperature
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
             unwrapped.eval()
+            # With the trunk shared, the reward model is the value model's trunk with its adapter off: each rollout
+            # is scored in the same pass, extended by the tokens the reward model's rendering adds after it.
+            suffixes = self._reward_suffixes(prompts, completions) \
+                if unwrapped.trunk.on and self.scorer_model is None else None
             for start in range(0, len(completions), micro):
                 part = Rollout(*(t[start : start + micro] for t in (
                     batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_ids,
                     batch.response_mask)))
                 width = part.response_ids.shape[1]
                 if unwrapped.trunk.on:  # one pass through the layers the models share (stages/ppo/trunk.py)
-                    out = unwrapped.score(part.input_ids, part.attention_mask, part.position_ids, width)
+                    if suffixes is not None:
+                        wide = part.with_suffixes(suffixes[start : start + micro], self.pad_id)
+                        out = unwrapped.score(wide.input_ids, wide.attention_mask, wide.position_ids, width,
+                                              wide.width, wide.last)
+                        rewards.append(out["reward"])
+                    else:
+                        out = unwrapped.score(part.input_ids, part.attention_mask, part.position_ids, width)
                     logprobs.append(token_logprobs(out["logits"], part.response_ids, temperature))
                     ref_logprobs.append(token_logprobs(out["reference"], part.response_ids, temperature))
                     values.append(out["values"])
@@ -185,13 +195,35 @@ class PPORun:
                 logprobs.append(token_logprobs(logits, part.response_ids, temperature))
                 values.append(value)
                 ref_logprobs.append(self._reference_logprobs(unwrapped.policy, part))
-            raw_scores = torch.tensor(self._reward_scores(unwrapped.value, prompts, completions),
-                                      device=self.accelerator.device)
+            raw_scores = torch.cat(rewards) if rewards else \
+                torch.full((len(completions),), float("nan"), device=self.accelerator.device)
+            apart = torch.isnan(raw_scores).nonzero().squeeze(-1).tolist()
+            if apart:  # rows the shared pass could not score: a separate pass on the reward model's own tokens
+                raw_scores[apart] = torch.tensor(
+                    self._reward_scores(unwrapped.value, [prompts[i] for i in apart], [completions[i] for i in apart]),
+                    device=raw_scores.device)
             unwrapped.train()
+        if self.first_rollout is None and suffixes is not None and self.ctx.is_main:
+            log.info("[%s] the reward model scores %d of %d rollouts in the shared pass (%d render differently "
+                     "from how they were sampled: a separate pass)", self.ctx.name, len(completions) - len(apart),
+                     len(completions), len(apart))
         mask = batch.response_mask.float()
         return ScoredRollout(batch, torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask,
                              torch.cat(values) * mask, raw_scores,
                              {k: torch.cat(v) for k, v in cache.items()} if cache["policy"] else None)
+
+    def _reward_suffixes(self, prompts: list[str], completions: list[Completion]) -> list[list[int] | None]:
+        """For each rollout, the tokens the reward model reads after it: the reward stage's rendering of (prompt,
+        response) is the sampled tokens followed by these (typically the chat template's end of turn), or None
+        where it is not (a response whose text tokenises differently from how it was sampled, or a rendering cut at
+        the length limit): that row is scored by a separate pass on its own rendering."""
+        rendered = reward_token_ids(self.reward_tokenizer, prompts, [c.completion for c in completions])
+        suffixes: list[list[int] | None] = []
+        for ids, c in zip(rendered, completions):
+            sampled = c.prompt_ids + c.completion_ids
+            suffixes.append(ids[len(sampled):] if len(ids) >= len(sampled) and ids[: len(sampled)] == sampled
+                            else None)
+        return suffixes
 
     def _reference_logprobs(self, policy, part: Rollout) -> torch.Tensor:
         width = part.response_ids.shape[1]

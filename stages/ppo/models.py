@@ -78,26 +78,47 @@ class PolicyAndValue(nn.Module):
         return logits, self._values(value.finish(top), input_ids.shape[1], response_width)
 
     @torch.no_grad()
-    def score(self, input_ids, attention_mask, position_ids, response_width: int) -> dict:
+    def score(self, input_ids, attention_mask, position_ids, response_width: int, width: int | None = None,
+              reward_at: torch.Tensor | None = None) -> dict:
         """One shared pass for a rollout micro-batch (trunk sharing on): the policy's and the reference's logits,
-        the values, and the hidden states at each model's lowest trainable layer for the PPO epochs."""
+        the values, and the hidden states at each model's lowest trainable layer for the PPO epochs.
+
+        The columns may run past the rollout's own ``width`` (``Rollout.with_suffixes``: the tokens the reward
+        model's rendering adds after a response, such as the chat template's end of turn). Causal attention keeps
+        the first ``width`` columns what they are alone; with ``reward_at`` (each row's final column, -1 for none)
+        the result also holds "reward": the reward model's score there, the value model's layers with the adapter
+        off from its lowest trainable one, whose input the value path has just computed (NaN for rows without)."""
         trunk = self.trunk
+        width = input_ids.shape[1] if width is None else width
         policy, value = Stack(self.policy), Stack(self.value)
         layers = len(policy.backbone.layers)
         hidden, mask, rotary = policy.start(input_ids, attention_mask, position_ids)
         shared = policy.layers(hidden, 0, trunk.common, mask, rotary, position_ids)
         at_policy = policy.layers(shared, trunk.common, trunk.policy, mask, rotary, position_ids)
-        logits = lm_logits(self.policy, policy.finish(
-            policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids)), response_width + 1)
+        top = policy.finish(policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids))
+        logits = lm_logits(self.policy, top[:, :width], response_width + 1)
         with self.policy.disable_adapter():
-            reference = lm_logits(self.policy, policy.finish(
-                policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids)), response_width + 1)
+            top = policy.finish(policy.layers(at_policy, trunk.policy, layers, mask, rotary, position_ids))
+            reference = lm_logits(self.policy, top[:, :width], response_width + 1)
         if not trunk.common:  # nothing shared: the value model starts from its own embeddings
             shared, mask, rotary = value.start(input_ids, attention_mask, position_ids)
         at_value = value.layers(shared, trunk.common, trunk.value, mask, rotary, position_ids)
-        values = self._values(value.finish(value.layers(at_value, trunk.value, layers, mask, rotary, position_ids)),
-                              input_ids.shape[1], response_width)
-        return {"logits": logits, "reference": reference, "values": values, "policy": at_policy, "value": at_value}
+        top = value.finish(value.layers(at_value, trunk.value, layers, mask, rotary, position_ids))
+        out = {"logits": logits, "reference": reference, "values": self._values(top[:, :width], width, response_width),
+               "policy": at_policy[:, :width], "value": at_value[:, :width]}
+        if reward_at is not None:
+            out["reward"] = self._reward(value, at_value, mask, rotary, position_ids, reward_at)
+        return out
+
+    def _reward(self, value: Stack, at_value, mask, rotary, position_ids, last: torch.Tensor) -> torch.Tensor:
+        """The reward model's score at column ``last`` of each row: the value model with its adapter off (the
+        reward model) from the value model's lowest trainable layer, where the two still agree."""
+        rows = torch.arange(len(last), device=last.device)
+        with self.value.disable_adapter():
+            top = value.layers(at_value, self.trunk.value, len(value.backbone.layers), mask, rotary, position_ids)
+            _, head = classifier_parts(self.value)
+            scores = head(value.finish(top)[rows, last.clamp(min=0)]).squeeze(-1).float()
+        return torch.where(last >= 0, scores, torch.full_like(scores, float("nan")))
 
 
 def policy_logits(policy, batch: "Rollout", response_width: int | None = None) -> torch.Tensor:

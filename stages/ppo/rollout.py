@@ -40,6 +40,32 @@ class Rollout:
         return cls(input_ids.to(device), mask.to(device), positions.to(device),
                    input_ids[:, prompt_width:].to(device), response_mask.to(device))
 
+    def with_suffixes(self, suffixes: list[list[int] | None], pad_id: int) -> "Extended":
+        """The rows with each row's ``suffix`` tokens right after its response (in its padding, the batch widened
+        where a row has too little), attended to and positioned as the continuation of the row; a None suffix adds
+        nothing. The columns of the rollout itself stay where they are, so under a causal mask every position of
+        it computes what it computes without the suffixes."""
+        rows, width = self.input_ids.shape
+        ends = width - self.response_mask.shape[1] + self.response_mask.sum(-1)  # one past each row's last token
+        extra = [len(s or ()) for s in suffixes]
+        wide = max(width, max(int(e) + n for e, n in zip(ends.tolist(), extra)))
+        input_ids = torch.full((rows, wide), pad_id, dtype=self.input_ids.dtype, device=self.input_ids.device)
+        mask = torch.zeros_like(input_ids, dtype=self.attention_mask.dtype)
+        positions = torch.zeros_like(input_ids, dtype=self.position_ids.dtype)
+        input_ids[:, :width], mask[:, :width], positions[:, :width] = \
+            self.input_ids, self.attention_mask, self.position_ids
+        last = torch.full((rows,), -1, dtype=torch.long)
+        for row, (suffix, end) in enumerate(zip(suffixes, ends.tolist())):
+            if suffix is None:
+                continue
+            count = len(suffix)
+            if count:
+                input_ids[row, end : end + count] = torch.tensor(suffix, dtype=input_ids.dtype)
+                mask[row, end : end + count] = 1
+                positions[row, end : end + count] = self.position_ids[row, end - 1] + 1 + torch.arange(count)
+            last[row] = end + count - 1
+        return Extended(input_ids, mask, positions, last.to(self.input_ids.device), width)
+
     def columns(self, index: torch.Tensor) -> tuple[int, int, int]:
         """(first, cut, response columns kept) of ``select(index)``: the column range of the selected rows with the
         columns that are padding in every one of them cut away."""
@@ -55,6 +81,19 @@ class Rollout:
         return Rollout(self.input_ids[index][:, first:cut], self.attention_mask[index][:, first:cut],
                        self.position_ids[index][:, first:cut], self.response_ids[index][:, :keep_response],
                        self.response_mask[index][:, :keep_response])
+
+
+@dataclass
+class Extended:
+    """A rollout micro-batch with tokens appended after each response (``Rollout.with_suffixes``)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    last: torch.Tensor
+    """[batch] the column of each row's final token, suffix included (-1 for a row given no suffix)."""
+    width: int
+    """The rollout's own width: its columns are the first ``width``."""
 
 
 def prompt_schedule(count: int, step: int, per_step: int, seed: int) -> list[int]:

@@ -4,6 +4,7 @@ artifact loads with plain transformers / peft, and an interrupted run resumes to
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -165,7 +166,10 @@ def test_ppo_with_8bit_adam(out):
 
 SHARED = ["stages.ppo.lora={r: 4, alpha: 16, dropout: 0.0, layers: [-1]}",
           "stages.ppo.value_lora={r: 4, alpha: 16, dropout: 0.0, layers: [-1]}", "stages.ppo.train.max_steps=4",
-          "stages.ppo.train.logging_steps=1", "stages.ppo.train.learning_rate=3e-2"]
+          "stages.ppo.train.logging_steps=1", "stages.ppo.train.learning_rate=3e-3"]
+# The reward model's score from the shared pass differs from a separate pass's by float rounding (2e-7 here: the rows
+# are laid out and summed differently); at a learning rate of 3e-2 the value model's updates blow that up to values
+# 1.2 apart within one step, at 3e-3 everything stays within 1e-6 for all four steps.
 TIMING = ("step_time_s", "generate_time_s", "generated_tokens_per_s", "lr")
 
 
@@ -179,6 +183,11 @@ def test_trunk_sharing_is_exact(out, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline"):
         run_plan(plan_for(out, *SHARED))
     assert "trunk sharing on" in caplog.text and "PPO epochs rerun only layers 1-1" in caplog.text
+    # The reward model's score of a rollout comes from the shared pass too (compared below with separate passes);
+    # the tiny model's samples often hold stray byte tokens that its text does not tokenise back into: those rows
+    # take the separate pass, so both paths are exercised.
+    shared_scores = re.search(r"the reward model scores (\d+) of (\d+) rollouts in the shared pass", caplog.text)
+    assert shared_scores and 0 < int(shared_scores[1]) < int(shared_scores[2]), caplog.text
     run_plan(plan_for(plain, *SHARED, "stages.ppo.share_trunk=false"))
     shared, separate = history(out / "ppo"), history(plain / "ppo")
     assert [h["step"] for h in shared] == [1, 2, 3, 4]

@@ -139,10 +139,15 @@ def test_dpo_reference_and_ppo_trunk_sharing_change_the_counts_as_they_should():
     models = (shape, 32, 44, 32, policy, value)
     shared, unshared = ppo_training_shared(*models, reward, epochs=2), ppo_training(*models, epochs=2)
     layer = layer_forward(shape, 32 * 76, 76)
-    # scoring: 84 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both): layers
-    # 0-13 once, 14-21 for the policy and for the value model, 22-29 for policy, reference and value model, and the
-    # reward model's own 30 (it reads its own rendering of the text)
-    assert unshared["scoring: layers"] - shared["scoring: layers"] == pytest.approx(36 * layer)
+    # scoring: 62 layer passes instead of 120 (plus the LoRA of the two adapted models, the same in both): layers
+    # 0-13 once, 14-21 for the policy and for the value model, 22-29 for policy, reference, value model and reward
+    # model (the value model with its adapter off)
+    assert unshared["scoring: layers"] - shared["scoring: layers"] == pytest.approx(58 * layer)
+    # a value model that trains every weight scores with a frozen copy of the reward model: a full pass of its own
+    whole_value = ppo_training_shared(shape, 32, 44, 32, policy, None, reward, epochs=2)
+    whole_unshared = ppo_training(shape, 32, 44, 32, policy, None, epochs=2)
+    # (only the reference's 22 frozen layers are saved: they are the policy's)
+    assert whole_unshared["scoring: layers"] - whole_value["scoring: layers"] == pytest.approx(22 * layer)
     assert unshared["epochs: forward"] - shared["epochs: forward"] == pytest.approx(2 * 2 * 22 * layer)
     assert shared["sampling: decode"] == unshared["sampling: decode"]
     assert shared["epochs: backward"] == unshared["epochs: backward"]

@@ -102,3 +102,37 @@ def test_sharing_is_off_with_all_layer_adapters():
     plan = plan_trunk(policy, value, None, enabled=True)
     assert not plan.on and "every layer trains" in plan.reason
     assert "share_trunk: false" in plan_trunk(*models(False), None, enabled=False).reason
+
+
+def test_the_shared_pass_scores_each_rollout_as_the_reward_model_scores_its_own_rendering():
+    """The tokens the reward model's rendering adds after a response (end of turn) go into the shared pass after
+    each row; the policy's, reference's and value model's outputs stay those of the rollout alone, and "reward" is
+    the value model with its adapter off (the reward model) on the row's unpadded tokens plus its suffix."""
+    policy, value = models(False)
+    plan = plan_trunk(policy, value, None, enabled=True)
+    model = PolicyAndValue(policy, value, plan).eval()
+    batch = left_padded_batch()
+    width = batch.response_ids.shape[1]
+    # row 0 ends at the last column (the batch widens), row 2 has room in its padding, row 3 gets no suffix (scored
+    # apart), row 1 an empty one (the score is read at its last sampled token)
+    suffixes = [[7, 9], [], [5, 11, 13], None]
+    wide = batch.with_suffixes(suffixes, pad_id=0)
+    assert wide.input_ids.shape[1] == batch.input_ids.shape[1] + 2 and wide.width == batch.input_ids.shape[1]
+    with torch.no_grad():
+        alone = model.score(batch.input_ids, batch.attention_mask, batch.position_ids, width)
+        scored = model.score(wide.input_ids, wide.attention_mask, wide.position_ids, width, wide.width, wide.last)
+        # on the rollout's real tokens (a padding column of the rollout may now hold a suffix token)
+        for key, real in (("logits", batch.response_mask), ("reference", batch.response_mask),
+                          ("values", batch.response_mask), ("policy", batch.attention_mask),
+                          ("value", batch.attention_mask)):
+            assert scored[key].shape == alone[key].shape, key
+            assert (scored[key] - alone[key])[real.bool()].abs().max().item() <= 1e-5, key
+        expected = []
+        for row, suffix in enumerate(suffixes[:3]):
+            ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist() + suffix
+            with value.disable_adapter():
+                expected.append(value(input_ids=torch.tensor([ids])).logits[0, 0].item())
+            with_adapter = value(input_ids=torch.tensor([ids])).logits[0, 0].item()
+            assert abs(with_adapter - expected[-1]) > 1e-3, "the value adapter changes the score: the test can tell"
+    assert torch.isnan(scored["reward"][3])
+    assert torch.allclose(scored["reward"][:3], torch.tensor(expected), atol=1e-5), (scored["reward"], expected)
