@@ -35,9 +35,9 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
 
         new = self.sampling.max_new_tokens
         cost = duration.sampled(shape, self.n, new)
-        if self.from_:  # the KL pass to the starting policy: policy and reference over prompt and answer
+        if self.from_:  # the KL's reference pass over prompt and answer (the policy's side comes from sampling)
             length = duration.PROMPT_TOKENS + new
-            cost += 2 * flops.lm_forward(shape, self.n * length, length, self.n * new)
+            cost += flops.lm_forward(shape, self.n * length, length, self.n * new)
         return cost
 
     def data_inputs(self) -> list[tuple[str, object, str]]:

@@ -31,6 +31,10 @@ class Completion:
     """Generated token ids, up to and including the end-of-sequence token when one was produced."""
     eos: bool
     """Whether generation ended with the end-of-sequence token (rather than at max_new_tokens)."""
+    logprobs: list[float] | None = None
+    """The sampling model's log-probability of each completion token, as it was sampled: its own distribution
+    (temperature 1, before top-k/top-p), what ``completion_logprobs`` recomputes by teacher forcing. None where the
+    completion was not sampled here."""
 
 
 def _has_chat_template(tokenizer) -> bool:
@@ -106,7 +110,8 @@ def generate(
                 texts = rendered[start : start + sampling.batch_size]
                 prompt_ids = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
                 seeds = [row_seed(seed, start + row) for row in range(len(texts))]
-                for row, ids in enumerate(sample(model, prompt_ids, sampling, seeds, eos_ids, pad_id)):
+                sampled = sample(model, prompt_ids, sampling, seeds, eos_ids, pad_id)
+                for row, (ids, logprobs) in enumerate(zip(*sampled)):
                     ended = bool(ids) and ids[-1] in eos_ids
                     results.append(
                         Completion(
@@ -115,6 +120,7 @@ def generate(
                             prompt_ids=list(prompt_ids[row]),
                             completion_ids=ids,
                             eos=ended,
+                            logprobs=logprobs,
                         )
                     )
     finally:

@@ -91,15 +91,16 @@ def _zero3_world() -> bool:
 
 
 def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: list[int], eos_ids: set[int],
-           pad_id: int) -> list[list[int]]:
+           pad_id: int) -> tuple[list[list[int]], list[list[float]]]:
     """The completion token ids of each prompt (token ids, no padding), up to and including an end-of-sequence token
-    or ``max_new_tokens`` of them; row i draws from a generator seeded with ``seeds[i]``. The model runs in its current
-    mode; call it under ``torch.no_grad``."""
+    or ``max_new_tokens`` of them, and the model's log-probability of each (its own distribution, before
+    temperature, top-k and top-p: what a teacher-forced pass computes); row i draws from a generator seeded with
+    ``seeds[i]``. The model runs in its current mode; call it under ``torch.no_grad``."""
     import torch
     from transformers import DynamicCache
 
     if not prompts:
-        return []
+        return [], []
     device = model_device(model)
     unique: dict[tuple[int, ...], int] = {}
     source = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)
@@ -124,6 +125,7 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     outputs: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[list[float]] = [[] for _ in prompts]
     active = torch.arange(len(prompts), device=device)  # the caller's row index of each row of the batch
     synced = _zero3_world()
     for step in range(settings.max_new_tokens):
@@ -131,8 +133,10 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
             scores = warpers(None, logits.float())
             tokens = draw(torch.softmax(scores, -1), [generators[i] for i in active.tolist()]).to(device) \
                 if settings.do_sample else scores.argmax(-1)
-            for row, token in zip(active.tolist(), tokens.tolist()):
+            chosen = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+            for row, token, logprob in zip(active.tolist(), tokens.tolist(), chosen.tolist()):
                 outputs[row].append(token)
+                logprobs[row].append(logprob)
             running = ~torch.isin(tokens, eos)
         last = step == settings.max_new_tokens - 1
         if len(active) and not running.all() and not last:  # ended rows leave the batch, and their cache rows
@@ -148,7 +152,7 @@ def sample(model, prompts: list[list[int]], settings: SamplingSettings, seeds: l
         logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None],
                        **with_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         next_position = next_position + 1
-    return outputs
+    return outputs, logprobs
 
 
 def _any_running(local: bool, synced: bool) -> bool:

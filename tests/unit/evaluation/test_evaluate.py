@@ -117,3 +117,22 @@ def test_end_to_end_with_vader(model, tokenizer):
     assert metrics["judge"] == "vader" and metrics["n"] == 4 and len(samples) == 4
     assert -1 <= metrics["gold_ci95"][0] <= metrics["gold_mean"] <= metrics["gold_ci95"][1] <= 1
     assert 0 < metrics["distinct_1"] <= 1 and 0 <= metrics["distinct_2"] <= 1
+
+
+def test_the_policy_side_of_the_kl_comes_from_sampling(model, tokenizer, tiny_path, monkeypatch):
+    """Only the reference is teacher-forced; the KL is what teacher forcing both models gives."""
+    reference = perturbed(tiny_path)
+    forced_models = []
+    real = evaluation.completion_logprobs
+
+    def counted(which, completions, size):
+        forced_models.append(which)
+        return real(which, completions, size)
+
+    monkeypatch.setattr(evaluation, "completion_logprobs", counted)
+    metrics, samples = evaluate(model, reference, tokenizer, PROMPTS, _eval_settings())
+    assert forced_models and all(m is reference for m in forced_models)
+    sampled = generation.generate(model, tokenizer, PROMPTS, _eval_settings().sampling, _eval_settings().seed, progress=False)
+    expected = [float((p - r).sum()) for p, r in zip(real(model, sampled, 4), real(reference, sampled, 4))]
+    assert [s["completion"] for s in samples] == [c.completion for c in sampled]
+    assert [s["kl"] for s in samples] == pytest.approx(expected, abs=1e-4)

@@ -231,3 +231,16 @@ def test_a_model_without_mask_slicing_gets_the_full_logits_indexed(varied_comple
     rows = head_rows(model)
     assert_same_logprobs(completion_logprobs(model, varied_completions, 3), expected, varied_completions)
     assert sum(rows) > sum(len(c.completion_ids) for c in varied_completions)  # the head ran over every position
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.7, top_p=0.9, top_k=20)], ids=["plain", "warped"])
+def test_sampling_records_the_log_probs_a_teacher_forced_pass_computes(tokenizer, tiny_path, sampling):
+    """The log-prob of each sampled token as the decode loop saw it (its KV cache, left-padded prompts, rows leaving
+    the batch) is the model's own, before temperature and top-k/top-p: what teacher forcing gives (fp32)."""
+    model = perturbed(tiny_path)
+    completions = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=10, batch_size=3, **sampling),
+                           seed=0)
+    forced = completion_logprobs(model, completions, batch_size=2)
+    for completion, expected in zip(completions, forced):
+        assert len(completion.logprobs) == len(completion.completion_ids)
+        torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-5, rtol=0)
