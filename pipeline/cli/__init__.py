@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import chat, data, evaluate, export, gc, plan, report, run, runs, validate
+from . import chat, compare, data, evaluate, export, gc, plan, report, run, runs, validate
 from .common import capped, quiet_environment, setup_logging
 
-COMMANDS = (run, validate, plan, evaluate, data, runs, gc, export, chat, report)
+COMMANDS = (run, validate, plan, evaluate, data, runs, compare, gc, export, chat, report)
 """In the order ``--help`` lists them."""
 
 EPILOG = """\
