@@ -132,7 +132,8 @@ def test_the_policy_side_of_the_kl_comes_from_sampling(model, tokenizer, tiny_pa
     monkeypatch.setattr(evaluation, "completion_logprobs", counted)
     metrics, samples = evaluate(model, reference, tokenizer, PROMPTS, _eval_settings())
     assert forced_models and all(m is reference for m in forced_models)
-    sampled = generation.generate(model, tokenizer, PROMPTS, _eval_settings().sampling, _eval_settings().seed, progress=False)
+    settings = _eval_settings()
+    sampled = generation.generate(model, tokenizer, PROMPTS, settings.sampling, settings.seed, progress=False)
     expected = [float((p - r).sum()) for p, r in zip(real(model, sampled, 4), real(reference, sampled, 4))]
     assert [s["completion"] for s in samples] == [c.completion for c in sampled]
     assert [s["kl"] for s in samples] == pytest.approx(expected, abs=1e-4)
