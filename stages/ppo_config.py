@@ -118,6 +118,11 @@ class PPOStageConfig(StageConfig):
     """Reward shaping against the commonest reward gaming: subtract this from the score of a response in which one
     content word (4+ letters) occurs 3 or more times, the test behind the evaluation's repetition share
     (pipeline/evaluation/metrics.py). Changes what PPO optimises: say so when reporting its scores."""
+    judge_rollouts: bool = True
+    """Score every step's rollouts with the recipe's gold judge (``evaluate.judge``, logged as ``gold`` beside the
+    reward model's ``score``) and its panel (``judge/<spec>``); reward-model judges are left out. With the KL this
+    is the over-optimisation curve: where gold stops rising while the reward model's score still climbs. Only
+    logged, never trained on."""
     reference: Literal["auto", "copy"] = "auto"
     """auto: with LoRA the reference is the starting weights with the adapter disabled; copy: an explicit frozen copy
     (twice the weight memory)."""

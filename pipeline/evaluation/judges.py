@@ -195,3 +195,14 @@ def make_judge(spec: str) -> Judge:
     if not callable(fn):
         raise PipelineError(f"judge '{spec}': '{function_name}' is a {type(fn).__name__}, not a function")
     return FunctionJudge(spec, fn)
+
+
+def rollout_judges(settings) -> list[tuple[str, Judge]]:
+    """(log key, judge) of the judges an online stage scores every step's rollouts with: the gold judge of the
+    recipe's ``evaluate:`` section as "gold", each judge of its panel as "judge/<spec>". Reward-model judges are left
+    out (a model pass a step; the evaluation nodes still use them). None or no section: none."""
+    if settings is None:
+        return []
+    specs = [("gold", settings.judge)] + [(f"judge/{spec}", spec) for spec in settings.judges]
+    return [(key, make_judge(spec)) for key, spec in specs
+            if str(spec).strip().partition(":")[0] != REWARD_SCHEME]

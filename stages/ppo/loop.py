@@ -29,6 +29,7 @@ from pipeline.contract import PolicyOutput, StageContext
 from pipeline.data.loading import card_prompts
 from pipeline.errors import TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
+from pipeline.evaluation.judges import rollout_judges
 from pipeline.evaluation.metrics import repeats_itself
 from pipeline.models.reward_model import RewardModel, reward_token_ids
 from pipeline.rl import ppo_math
@@ -105,6 +106,7 @@ class PPORun:
         self.guard = KLGuard(kl.target, kl.guard, self.policy_parameters, self.optimizer, self.scheduler) \
             if kl.guard is not None else None
         self.score_moments = ppo_math.RunningMoments()
+        self.judges = rollout_judges(ctx.recipe.evaluate) if config.judge_rollouts else []
         self.step = 0
         self.history: list[dict] = []
         self.samples: list[dict] = []
@@ -407,13 +409,20 @@ class PPORun:
             "eos_fraction": sum(c.eos for c in completions) / len(completions),
             "repetition_share": sum(repeats_itself(c.completion) for c in completions) / len(completions),
             "tokens": mask.sum(),
+            **self.judge_scores(exp),
         }
         means = self._means(local)
         tokens = means.pop("tokens")
-        return {"step": self.step, "score": means.pop("score"), "score_shaped": means.pop("score_shaped"),
+        judged = {key: means.pop(key) for key, _ in self.judges}
+        return {"step": self.step, "score": means.pop("score"), **judged, "score_shaped": means.pop("score_shaped"),
                 "kl": exp.kl, "kl_penalty": means.pop("kl_penalty"), "rlhf_reward": means.pop("rlhf_reward"),
                 "kl_coef": kl_coef, **means, "lr": self.scheduler.get_last_lr()[0], "step_time_s": elapsed,
                 "generate_time_s": exp.generate_time_s, "generated_tokens_per_s": tokens * self.world / elapsed}
+
+    def judge_scores(self, exp: Experience) -> dict[str, float]:
+        """The mean score of this process's rollouts under each rollout judge (the recipe's gold judge and panel)."""
+        texts = [c.completion for c in exp.completions]
+        return {key: math.fsum(judge.score(exp.prompts, texts)) / len(texts) for key, judge in self.judges}
 
     def _means(self, values: dict) -> dict[str, float]:
         """Each per-process scalar of ``values`` averaged over all processes, in one collective."""
@@ -468,7 +477,8 @@ class PPORun:
                 if config.train.report_to:
                     self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                          step=self.step)
-            bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}")
+            bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}",
+                            **({"gold": f"{metrics['gold']:.3f}"} if "gold" in metrics else {}))
             bar.update(1)
             if self.step % config.train.save_steps == 0 and self.step < self.total_steps:
                 save_checkpoint(self.accelerator, self.model, self.optimizer, self.ctx.work_dir, self.step,
@@ -492,8 +502,13 @@ class PPORun:
                    "kl_coef_final": self.kl_controller.value}
         if self.history:
             metrics["score_first"] = self.history[0]["score"]
-            for key in ("score", "kl", "rlhf_reward", "entropy", "response_length"):
-                metrics[f"{key}_last"] = sum(h[key] for h in last) / len(last)
+            for key in ("score", "kl", "rlhf_reward", "entropy", "response_length", "gold"):
+                if key in self.history[0]:
+                    metrics[f"{key}_last"] = sum(h[key] for h in last) / len(last)
+            if "gold" in self.history[0]:  # where along training the gold judge peaked (over-optimisation)
+                peak = max(self.history, key=lambda h: h["gold"])
+                metrics.update(gold_first=self.history[0]["gold"], gold_peak=peak["gold"], gold_peak_step=peak["step"],
+                               kl_at_gold_peak=peak["kl"])
         metrics["reference_drift"] = self._reference_drift()
         metrics["rollout_prompts_per_step"] = self.config.rollout_batch_size * self.world
         metrics["world_size"] = self.world

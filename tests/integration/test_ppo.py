@@ -289,3 +289,27 @@ def test_kl_guard_is_refused_under_deepspeed(out, monkeypatch):
     monkeypatch.setattr(ppo_setup, "uses_deepspeed", lambda accelerator: True)
     with pytest.raises(PipelineError, match="kl.guard undoes an update .* DeepSpeed partitions"):
         run_plan(plan_for(out, "stages.ppo.train.max_steps=1", "stages.ppo.kl={target: 4.0, guard: 1.2}"))
+
+
+def test_every_step_logs_the_gold_judge_of_its_rollouts(out):
+    """The over-optimisation curve's data: each step's rollouts scored by the recipe's gold judge (here their length
+    in characters, which samples.jsonl lets us check: it holds all 8 rollouts of a step) and its panel, beside the
+    reward model's score, and where gold peaked."""
+    recipe = load_recipe(TINY, [f"output_dir={out}", "evaluate.judge=support.judges:length_judge",
+                                "evaluate.judges=[support.judges:constant_judge, reward:reward]", "evaluate.stages=[]",
+                                "evaluate.baseline=false", "stages.ppo.rollout_batch_size=8",
+                                "stages.ppo.train.batch_size=4", "stages.ppo.train.max_steps=3"])
+    run_plan(make_plan(recipe, only=["ppo"]))
+    steps = history(out / "ppo")
+    samples = [json.loads(line) for line in (out / "ppo" / "samples.jsonl").read_text().splitlines()]
+    for step in steps:
+        lengths = [len(s["response"]) for s in samples if s["step"] == step["step"]]
+        assert len(lengths) == 8 and step["gold"] == pytest.approx(sum(lengths) / 8)
+        assert step["judge/support.judges:constant_judge"] == pytest.approx(0.25)
+        assert not any(key.startswith("judge/reward") for key in step)  # a reward-model judge costs a pass: left out
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    best = max(steps, key=lambda s: s["gold"])
+    assert (metrics["gold_peak"], metrics["gold_peak_step"], metrics["kl_at_gold_peak"]) == \
+        (pytest.approx(best["gold"]), best["step"], pytest.approx(best["kl"]))
+    live = [json.loads(line) for line in (out / "ppo" / "log_history.jsonl").read_text().splitlines()]
+    assert [row["gold"] for row in live if "gold" in row] == pytest.approx([s["gold"] for s in steps])
