@@ -17,7 +17,7 @@ from ..training.trainer import LIVE_LOG
 from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
 
-CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "kl", "kl_predicted",
+CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "gold", "kl", "kl_predicted",
           "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
           "response_length", "repetition_share")
 """Logged quantities drawn when a stage logged them (whatever its kind); each with its held-out value (the trainer's
@@ -73,13 +73,67 @@ def frontier_points(out_dir: Path) -> list[dict]:
             upstream_fp = ((artifact.manifest.get("inputs") or {}).get("upstream") or {}).get(target, "")
             evaluated = Artifact.read(store / f"{target}-{upstream_fp[:12]}")
             kind = evaluated.kind if evaluated is not None else target
-            config = evaluated.manifest.get("config", {}) if evaluated is not None else {}
-            settings = [f"{name} {_get(config, key)}" for key, name in LABEL_KEYS if _get(config, key) is not None]
-            label = f"{target}" + (f" ({', '.join(settings[:2])})" if settings else "")
+            label = variant_label(target, evaluated.manifest.get("config", {}) if evaluated is not None else {})
         points.append({"target": target, "kind": kind, "label": label, "kl": data["kl_mean"],
                        "gold": data["gold_mean"], "ci": data["gold_ci95"], "judge": data.get("judge"),
                        "repetition": data.get("repetition_share"), "evaluation": folder.name})
     return points
+
+
+def variant_label(stage: str, config: dict) -> str:
+    """The stage's name with the first two settings of LABEL_KEYS its config has (what tells sweep variants apart)."""
+    settings = [f"{name} {_get(config, key)}" for key, name in LABEL_KEYS if _get(config, key) is not None]
+    return stage + (f" ({', '.join(settings[:2])})" if settings else "")
+
+
+def overoptimisation_runs(out_dir: Path) -> list[dict]:
+    """Every stored training run that logged the gold judge of its rollouts at each step (PPO's ``gold``): its label
+    and its steps as (step, KL, reward-model score, gold), and the step where gold peaked."""
+    runs = []
+    store = Path(out_dir) / STORE
+    for folder in sorted(store.iterdir()) if store.is_dir() else []:
+        artifact = Artifact.read(folder)
+        if artifact is None or isinstance(artifact.output, EvaluationOutput):
+            continue
+        history = logged_steps(folder)
+        by_step = {row["step"]: row for row in history
+                   if all(isinstance(row.get(k), (int, float)) for k in ("step", "kl", "score", "gold"))}
+        if len(by_step) < 2:
+            continue
+        steps = [(s, by_step[s]["kl"], by_step[s]["score"], by_step[s]["gold"]) for s in sorted(by_step)]
+        peak = max(steps, key=lambda row: row[3])
+        runs.append({"label": variant_label(artifact.manifest.get("stage", folder.name),
+                                            artifact.manifest.get("config") or {}),
+                     "folder": folder.name, "steps": steps, "peak": peak})
+    return runs
+
+
+def overoptimisation_png(runs: list[dict]) -> bytes:
+    """The reward model's score and the gold judge's, both on the step's own rollouts, against the KL along training:
+    one line per run, a star where gold peaked. Gold falling while the score still rises is over-optimisation."""
+    plt = _pyplot()
+    fig, (proxy, gold) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    every_kl = [row[1] for run in runs for row in run["steps"]]
+    low, high = min(every_kl), max(every_kl)
+    for i, run in enumerate(runs):
+        colour = plt.get_cmap("tab10")(i % 10)
+        kls = [row[1] for row in run["steps"]]
+        proxy.plot(kls, [row[2] for row in run["steps"]], marker=".", color=colour, label=run["label"], alpha=0.8)
+        gold.plot(kls, [row[3] for row in run["steps"]], marker=".", color=colour, label=run["label"], alpha=0.8)
+        step, kl, _, best = run["peak"]
+        gold.scatter([kl], [best], marker="*", s=160, color=colour, edgecolors="black", zorder=3)
+        right_side = high > low and (kl - low) / (high - low) > 0.6  # the label would run off the axes
+        gold.annotate(f"peak {best:.3f}, step {step}", (kl, best), textcoords="offset points",
+                      xytext=(-8 if right_side else 8, 4), ha="right" if right_side else "left", fontsize=7)
+    proxy.set_title("reward model's score of each step's rollouts", fontsize=9)
+    gold.set_title("gold judge's score of the same rollouts (star: its peak)", fontsize=9)
+    for ax in (proxy, gold):
+        ax.set_xlabel("KL to the reference (nats per response, the step's rollouts)", fontsize=8)
+        ax.grid(alpha=0.3)
+    gold.legend(fontsize=7, loc="best")
+    fig.suptitle("over-optimisation: proxy and gold along training", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def _label_offsets(points: list[dict], width: float = 380.0, height: float = 270.0) -> list[float]:
@@ -247,6 +301,9 @@ def render(plan: Plan, out: Path) -> Path:
     points = frontier_points(plan.out_dir)
     if points:
         images.append((f"{out.stem}-frontier.png", frontier_png(points), "reward-KL frontier"))
+    runs = overoptimisation_runs(plan.out_dir)
+    if runs:
+        images.append((f"{out.stem}-overoptimisation.png", overoptimisation_png(runs), "proxy and gold against KL"))
     curves = []
     for stage in plan.stages:
         folder = shown_folder(plan, stage)
@@ -290,6 +347,19 @@ def render(plan: Plan, out: Path) -> Path:
         for p in sorted(points, key=lambda p: (p["kind"], p["kl"])):
             parts.append(f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(p['kind'])}</td>"
                          f"<td>{p['kl']:.2f}</td><td>{p['gold']:.3f}</td><td>{html.escape(p['evaluation'])}</td></tr>")
+        parts.append("</table>")
+    if runs:
+        figure = next(image for image in images if image[0].endswith("overoptimisation.png"))
+        parts += ["<h2>Over-optimisation</h2>", "<p>Each step's rollouts scored by the reward model the run optimises "
+                  "and by the gold judge, against the KL at that step: where gold stops following the reward model, "
+                  "the policy is gaming it.</p>", _img(*figure),
+                  "<table><tr><th>run</th><th>steps</th><th>gold first</th><th>gold peak</th><th>at step</th>"
+                  "<th>KL there</th><th>gold last</th><th>score last</th><th>folder</th></tr>"]
+        for run in runs:
+            first, last, (step, kl, _, best) = run["steps"][0], run["steps"][-1], run["peak"]
+            parts.append(f"<tr><td>{html.escape(run['label'])}</td><td>{len(run['steps'])}</td><td>{first[3]:.3f}</td>"
+                         f"<td>{best:.3f}</td><td>{step}</td><td>{kl:.2f}</td><td>{last[3]:.3f}</td>"
+                         f"<td>{last[2]:.3f}</td><td>{html.escape(run['folder'])}</td></tr>")
         parts.append("</table>")
     if curves:
         parts.append("<h2>Training curves</h2>")

@@ -313,3 +313,10 @@ def test_every_step_logs_the_gold_judge_of_its_rollouts(out):
         (pytest.approx(best["gold"]), best["step"], pytest.approx(best["kl"]))
     live = [json.loads(line) for line in (out / "ppo" / "log_history.jsonl").read_text().splitlines()]
     assert [row["gold"] for row in live if "gold" in row] == pytest.approx([s["gold"] for s in steps])
+
+    from pipeline.graph.html_report import render
+
+    page = render(make_plan(recipe), out / "report" / "index.html").read_text()
+    assert "<h2>Over-optimisation</h2>" in page and (out / "report" / "index-overoptimisation.png").stat().st_size
+    row = page[page.index("<h2>Over-optimisation</h2>"):].split("<tr><td>", 2)[1]
+    assert row.startswith("ppo") and f"<td>{best['gold']:.3f}</td><td>{best['step']}</td>" in row
