@@ -123,6 +123,13 @@ class PPOStageConfig(StageConfig):
     reward model's ``score``) and its panel (``judge/<spec>``); reward-model judges are left out. With the KL this
     is the over-optimisation curve: where gold stops rising while the reward model's score still climbs. Only
     logged, never trained on."""
+    eval_every: int | None = Field(None, ge=1)
+    """Every this many steps, and after the last, sample ``eval_n`` of the recipe's held-out evaluation prompts (its
+    ``evaluate:`` section: prompts, gold judge, sampling) from the policy as it stands and log eval_gold (with
+    eval_gold_ci95), eval_kl (to the reference) and eval_repetition_share: the over-optimisation curve on prompts
+    training never saw. Each costs an evaluation of eval_n prompts; None: only the evaluation node after training."""
+    eval_n: int = Field(64, ge=1)
+    """Held-out prompts per ``eval_every`` evaluation (the first ones of the evaluation card)."""
     reference: Literal["auto", "copy"] = "auto"
     """auto: with LoRA the reference is the starting weights with the adapter disabled; copy: an explicit frozen copy
     (twice the weight memory)."""

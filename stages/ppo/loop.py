@@ -39,6 +39,7 @@ from pipeline.training.trainer import append_live_log, live_log_resumed_at
 from ..ppo_config import PPOStageConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .experience import Experience, ScoredRollout, penalised_scores
+from .held_out import HeldOutEvaluation
 from .kl_guard import KLGuard
 from .models import PolicyAndValue, make_optimizer, policy_logits, token_logprobs
 from .rollout import Rollout, prompt_schedule
@@ -107,6 +108,7 @@ class PPORun:
             if kl.guard is not None else None
         self.score_moments = ppo_math.RunningMoments()
         self.judges = rollout_judges(ctx.recipe.evaluate) if config.judge_rollouts else []
+        self.held_out = HeldOutEvaluation(ctx, config) if config.eval_every is not None else None
         self.step = 0
         self.history: list[dict] = []
         self.samples: list[dict] = []
@@ -419,6 +421,13 @@ class PPORun:
                 "kl_coef": kl_coef, **means, "lr": self.scheduler.get_last_lr()[0], "step_time_s": elapsed,
                 "generate_time_s": exp.generate_time_s, "generated_tokens_per_s": tokens * self.world / elapsed}
 
+    def evaluate_held_out(self) -> dict:
+        """The held-out evaluation of ``eval_every`` (held_out.py) of the policy as it stands."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            return self.held_out(unwrapped.policy, self.reference, self.tokenizer, self.rank, self.world)
+
     def judge_scores(self, exp: Experience) -> dict[str, float]:
         """The mean score of this process's rollouts under each rollout judge (the recipe's gold judge and panel)."""
         texts = [c.completion for c in exp.completions]
@@ -470,7 +479,10 @@ class PPORun:
                    disable=not self.accelerator.is_main_process)
         while self.step < self.total_steps:
             metrics = self.ppo_step()
-            if self.step == 1 or self.step % config.train.logging_steps == 0 or self.step == self.total_steps:
+            if self.held_out is not None and self.held_out.due(self.step, self.total_steps):
+                metrics.update(self.evaluate_held_out())
+            if self.step == 1 or self.step % config.train.logging_steps == 0 or self.step == self.total_steps \
+                    or "eval_gold" in metrics:
                 self.history.append(metrics)
                 if self.accelerator.is_main_process:
                     append_live_log(self.ctx, metrics)
@@ -509,6 +521,11 @@ class PPORun:
                 peak = max(self.history, key=lambda h: h["gold"])
                 metrics.update(gold_first=self.history[0]["gold"], gold_peak=peak["gold"], gold_peak_step=peak["step"],
                                kl_at_gold_peak=peak["kl"])
+            held_out = [h for h in self.history if "eval_gold" in h]
+            if held_out:
+                peak = max(held_out, key=lambda h: h["eval_gold"])
+                metrics.update(eval_gold_peak=peak["eval_gold"], eval_gold_peak_step=peak["step"],
+                               eval_kl_at_gold_peak=peak["eval_kl"])
         metrics["reference_drift"] = self._reference_drift()
         metrics["rollout_prompts_per_step"] = self.config.rollout_batch_size * self.world
         metrics["world_size"] = self.world

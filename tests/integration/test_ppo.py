@@ -320,3 +320,28 @@ def test_every_step_logs_the_gold_judge_of_its_rollouts(out):
     assert "<h2>Over-optimisation</h2>" in page and (out / "report" / "index-overoptimisation.png").stat().st_size
     row = page[page.index("<h2>Over-optimisation</h2>"):].split("<tr><td>", 2)[1]
     assert row.startswith("ppo") and f"<td>{best['gold']:.3f}</td><td>{best['step']}</td>" in row
+
+
+def test_held_out_evaluation_along_training_matches_the_evaluation_node(out):
+    """eval_every: the held-out prompts evaluated every 2 steps and after the last; the last one computes what the
+    evaluation node computes from the saved policy (same prompts, seed and judge; the LoRA policy's reference is the
+    policy with its adapter off in the loop, the SFT artifact in the node)."""
+    recipe = load_recipe(TINY, [f"output_dir={out}", *SHARED, "stages.ppo.train.max_steps=3", "evaluate.n=8",
+                                "stages.ppo.eval_every=2", "stages.ppo.eval_n=8", "evaluate.baseline=false",
+                                "evaluate.stages=[ppo]"])
+    run_plan(make_plan(recipe, only=["ppo", "eval-ppo"]))
+    steps = history(out / "ppo")
+    assert [s["step"] for s in steps if "eval_gold" in s] == [2, 3]
+    last = steps[-1]
+    node = json.loads((out / "eval-ppo" / "eval.json").read_text())
+    assert last["eval_gold"] == pytest.approx(node["gold_mean"], abs=1e-6)
+    assert last["eval_gold_ci95"] == pytest.approx(node["gold_ci95"], abs=1e-6)
+    assert last["eval_kl"] == pytest.approx(node["kl_mean"], abs=1e-3) and node["kl_mean"] > 0.01
+    assert last["eval_repetition_share"] == node["repetition_share"]
+    metrics = json.loads((out / "ppo" / "metrics.json").read_text())
+    assert metrics["eval_gold_peak_step"] in (2, 3)
+
+
+def test_held_out_evaluation_needs_the_recipe_evaluation(out):
+    with pytest.raises(PipelineError, match="eval_every evaluates on the recipe's evaluate: section"):
+        run_plan(plan_for(out, "stages.ppo.eval_every=2", "stages.ppo.train.max_steps=2"))
