@@ -35,10 +35,12 @@ RUN_LOG = "run.log"
 def next_commands(args, out_dir) -> str:
     """What to try after a run, with the run's own output folder (``out_dir``) and overrides; chat and export take no
     --set, so an output folder set by an override reaches them as --output-dir."""
-    folder = f" --output-dir {args.output_dir}" if args.output_dir else ""
-    where = folder + "".join(f" --set {o}" for o in args.overrides)
+    from shlex import quote  # lines to paste into a shell: a value with spaces or braces stays one argument
+
+    folder = f" --output-dir {quote(str(args.output_dir))}" if args.output_dir else ""
+    where = folder + "".join(f" --set {quote(o)}" for o in args.overrides)
     if not folder and any(o.startswith("output_dir=") for o in args.overrides):
-        folder = f" --output-dir {out_dir}"
+        folder = f" --output-dir {quote(str(out_dir))}"
     return "\n".join(["next:",
                       f"  python -m pipeline report {args.recipe}{where}    # gold table, curves, frontier plot",
                       f"  python -m pipeline runs {args.recipe}{where}      # every stored variant, what differs",

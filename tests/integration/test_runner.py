@@ -259,3 +259,17 @@ def test_the_next_commands_point_chat_and_export_at_an_output_folder_set_by_over
     assert f"--output-dir {tmp_path}" in chat, chat
     plain = SimpleNamespace(recipe="recipes/tiny.yaml", output_dir=None, overrides=[])
     assert "--output-dir" not in next_commands(plain, Path("runs/tiny"))
+
+
+def test_the_next_commands_quote_what_a_shell_would_split(tmp_path):
+    import shlex
+    from types import SimpleNamespace
+
+    from pipeline.cli.run import next_commands
+
+    override = "stages.kto={kind: kto, from: [sft, preferences]}"
+    args = SimpleNamespace(recipe="recipes/tiny.yaml", output_dir=str(tmp_path / "a b"), overrides=[override])
+    report = next(line for line in next_commands(args, tmp_path).splitlines() if " report " in line)
+    words = shlex.split(report.split("#")[0])
+    assert words[words.index("--set") + 1] == override
+    assert words[words.index("--output-dir") + 1] == str(tmp_path / "a b")
