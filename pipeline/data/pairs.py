@@ -58,3 +58,31 @@ def build_pairs(prompt: str, samples: list[tuple[str, float]], mode: str, min_ma
             pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin,
                           "chosen_score": chosen_score, "rejected_score": rejected_score})
     return pairs
+
+
+def unpair(pairs: list[dict]) -> tuple[list[dict], int]:
+    """Unpaired labelled completions {prompt, completion, label} from preference pairs, for KTO: each pair's chosen
+    is desirable (True), its rejected undesirable (False). A completion that several pairs hold counts once (with
+    ``pairs: all`` every sample of a prompt is in several); one that is chosen in one pair and rejected in another
+    (a middle sample) has no label and is left out. Returns (rows in first-seen order, how many were left out)."""
+    labels: dict[tuple, bool | None] = {}
+    for pair in pairs:
+        for key, label in (("chosen", True), ("rejected", False)):
+            identity = (_hashable(pair["prompt"]), _hashable(pair[key]))
+            labels[identity] = label if labels.get(identity, label) == label else None
+    rows = [{"prompt": _plain(p), "completion": _plain(c), "label": label}
+            for (p, c), label in labels.items() if label is not None]
+    return rows, sum(label is None for label in labels.values())
+
+
+def _hashable(value):
+    """A prompt or completion (text, or a list of chat messages) as a dictionary key."""
+    if isinstance(value, list):
+        return ("messages", tuple(tuple(sorted(m.items())) for m in value))
+    return value
+
+
+def _plain(key):
+    if isinstance(key, tuple) and key[:1] == ("messages",):
+        return [dict(m) for m in key[1]]
+    return key
