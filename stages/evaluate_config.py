@@ -30,6 +30,9 @@ class EvaluateStageConfig(EvalSettings, StageConfig):
     node_prefix: ClassVar[str] = "eval-"
     time_fit: ClassVar[tuple[float, float] | None] = (0.48, 0.5)
 
+    def stage_seed(self, recipe_seed: int) -> int:
+        return recipe_seed  # ``seed`` is the evaluation's sampling seed, which it applies itself
+
     def work_flops(self, shape, upstream: dict) -> float | None:
         from pipeline.models import duration, flops
 

@@ -70,6 +70,18 @@ def assignment(text: str) -> str:
     return text
 
 
+def seeds_spec(text: str) -> str:
+    """An argparse type for --seeds STAGE=N."""
+    stage, equals, count = text.partition("=")
+    if not equals or not stage.strip() or not count.strip().isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not STAGE=N (a stage and a number of seeds, e.g. ppo=3)")
+    return text
+
+
+def seeds_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--seeds", action="append", default=[], metavar="STAGE=N", type=seeds_spec, help=help_text)
+
+
 def recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
     override_arg(parser)

@@ -3,7 +3,7 @@ parameter counts, a rough memory estimate and the expected time per stage."""
 
 from __future__ import annotations
 
-from .common import assignment, recipe_args, selection_args
+from .common import assignment, recipe_args, seeds_arg, selection_args
 from .planning import plans
 
 
@@ -18,6 +18,7 @@ def add_parser(commands) -> None:
     selection_args(parser)
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...", type=assignment,
                         help="plan a variant for each value, as `run --sweep` would run them")
+    seeds_arg(parser, "plan STAGE at N seeds, as `run --seeds` would run them")
     parser.add_argument("--launch", metavar="ACCELERATE_CONFIG",
                         help="estimate memory per process under this accelerate config (e.g. launch/gpu_zero3.yaml: "
                              "DeepSpeed ZeRO shards optimizer state, gradients and weights over its processes); "

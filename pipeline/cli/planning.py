@@ -11,13 +11,31 @@ def plans(args, processes: int) -> list:
     from ..recipe import load_recipe
 
     base = load_recipe(args.recipe, args.overrides, processes)
-    axes = parse_sweeps(getattr(args, "sweep", []) or [], base.sweep, args.recipe)
+    axes = parse_sweeps([*(getattr(args, "sweep", []) or []), *seed_sweeps(getattr(args, "seeds", []) or [], base)],
+                        base.sweep, args.recipe)
     made = []
     for point in combinations(axes):
         recipe = load_recipe(args.recipe, [*args.overrides, *point], processes) if point else base
         check_before_running(recipe, args.recipe, args.output_dir)
         made.append(plan_variant(recipe, args, " ".join(point)))
     return made
+
+
+def seed_sweeps(specs: list[str], recipe) -> list[str]:
+    """--seeds STAGE=N as --sweep specs: stages.STAGE.seed over null (the recipe's seed, so the recipe's own variant
+    is one of them, cached if it ran) and the N-1 seeds after the recipe's."""
+    from ..errors import UsageError
+
+    sweeps = []
+    for spec in specs:
+        stage, _, count = spec.partition("=")
+        stage = stage.strip()
+        if stage not in recipe.stages:
+            raise UsageError(f"--seeds {spec}: the recipe has no stage '{stage}' (its stages: "
+                             f"{', '.join(recipe.stages)})")
+        seeds = ["null", *(str(recipe.seed + i) for i in range(1, int(count)))]
+        sweeps.append(f"stages.{stage}.seed={','.join(seeds)}")
+    return sweeps
 
 
 def plan_variant(recipe, args, variant: str):

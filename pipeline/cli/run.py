@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .common import assignment, recipe_args, selection_args
+from .common import assignment, recipe_args, seeds_arg, selection_args
 from .planning import plans, replan
 
 HEADLINES = {
@@ -58,6 +58,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...", type=assignment,
                         help="run a variant for each value (several --sweep make a grid), e.g. --sweep "
                              "stages.dpo.beta=0.05,0.1,0.3; stages the variants share run once")
+    seeds_arg(parser, "run STAGE (and what follows it) at N seeds over the same upstream: the recipe's seed and the "
+                      "N-1 after it, as a sweep of stages.STAGE.seed; runs and compare then show the spread across "
+                      "seeds, e.g. --seeds ppo=3")
     parser.set_defaults(handler=handle)
 
 

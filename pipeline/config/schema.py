@@ -246,6 +246,9 @@ class StageConfig(Strict):
     """Which stage module runs this stage (a file in stages/)."""
     from_: list[str] = Field(default_factory=list, alias="from")
     """Upstream stage name(s) whose artifacts this stage reads; empty means the recipe's base model."""
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    """This stage's seed (data order, initialisation, sampling) instead of the recipe's: a stage run at several
+    seeds over the same upstream (`run --seeds ppo=3`) shows what is run-to-run variation. null: the recipe's."""
 
     produces: ClassVar[ArtifactType]
     """The kind of artifact this stage writes."""
@@ -262,6 +265,10 @@ class StageConfig(Strict):
     ignored_settings: ClassVar[tuple[str, ...]] = ()
     """Dotted keys (relative to the stage) that the kind accepts in the schema it shares with others but does not use;
     setting one is an error, so nothing is silently ignored."""
+
+    def stage_seed(self, recipe_seed: int) -> int:
+        """The seed the stage runs with: its own, else the recipe's."""
+        return recipe_seed if self.seed is None else self.seed
 
     @field_validator("from_", mode="before")
     @classmethod

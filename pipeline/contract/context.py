@@ -63,7 +63,7 @@ class StageContext:
 
     @property
     def seed(self) -> int:
-        return self.recipe.seed
+        return self.config.stage_seed(self.recipe.seed)
 
     def barrier(self) -> None:
         """Wait until every process of the job reaches this point (a no-op in a single process)."""

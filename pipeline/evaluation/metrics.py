@@ -3,6 +3,7 @@ signs of a policy that games its reward with strings of the same words)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -31,6 +32,23 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> list[float]:
         means.append(data[rng.integers(0, data.size, size=(rows, data.size))].mean(axis=1))
     lo, hi = np.percentile(np.concatenate(means), [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+"""Student's t 97.5% quantile for 1-30 degrees of freedom (beyond: 1.96)."""
+
+
+def seed_interval(values: list[float]) -> tuple[float, list[float]]:
+    """The mean of a few runs' results (one per seed) and its 95% Student-t interval: what run-to-run variation
+    leaves of a result. One value: an interval of zero width says nothing and is refused."""
+    n = len(values)
+    if n < 2:
+        raise ValueError("an interval across seeds needs at least two runs")
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
+    return mean, [mean - half, mean + half]
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -102,8 +102,10 @@ class Plan:
 
 def computed_settings(config) -> dict:
     """A stage's settings as its fingerprint covers them: all but the trackers it reports to, which change what is
-    recorded about a run, not what it computes."""
+    recorded about a run, not what it computes, and an unset seed."""
     settings = config.model_dump(mode="json", by_alias=True)
+    if settings.get("seed", 0) is None:  # unset: the recipe's seed, which the fingerprint holds already
+        del settings["seed"]
     if isinstance(settings.get("train"), dict):
         settings["train"].pop("report_to", None)
     return settings

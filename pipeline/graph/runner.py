@@ -243,7 +243,7 @@ def _execute(plan: Plan, stage: StagePlan, ctx: StageContext, state) -> _Executi
     clock = time.perf_counter()
     module = stage_module(config.kind)  # imports trl & co: timed apart from the stage's own work
     import_time = time.perf_counter() - clock
-    set_seed(plan.recipe.seed)
+    set_seed(ctx.seed)
     gpu = _gpu_memory_reset()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
@@ -278,7 +278,7 @@ def _manifest(plan: Plan, stage: StagePlan, ctx: StageContext, execution: _Execu
         "config": config.model_dump(mode="json", by_alias=True),
         "inputs": stage.inputs,
         "lineage": _lineage(ctx.upstream),
-        "seed": recipe.seed,
+        "seed": ctx.seed,
         "world_size": state.num_processes,
         "distributed_type": current_distributed_type(),
         "device": str(state.device),

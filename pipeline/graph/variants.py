@@ -98,6 +98,58 @@ def distinguishing_settings(rows: list[Variant]) -> dict[Path, str]:
     return shown
 
 
+def seed_groups(rows: list[Variant]) -> list[dict]:
+    """Evaluations of stage variants that differ in their seed alone (same settings otherwise, same upstream, same
+    evaluation settings), with what each seed's evaluation measured: {evaluation, target, settings, seeds, metrics:
+    {name: [value per seed]}}, groups of two or more."""
+    import json
+
+    by_fingerprint = {v.fingerprint: v for v in rows}
+    groups: dict[str, dict] = {}
+    for evaluation in rows:
+        if evaluation.artifact.kind != "evaluate":
+            continue
+        upstream = (evaluation.artifact.manifest.get("inputs") or {}).get("upstream") or {}
+        if len(upstream) != 1:
+            continue
+        (target, fingerprint), = upstream.items()
+        evaluated = by_fingerprint.get(fingerprint)
+        if evaluated is None:
+            continue
+        config = dict(evaluated.artifact.manifest.get("config") or {})
+        config.pop("seed", None)
+        key = json.dumps([evaluation.stage, target, config, evaluated.artifact.manifest.get("inputs", {}).get(
+            "upstream"), evaluation.artifact.manifest.get("config")], sort_keys=True, default=str)
+        group = groups.setdefault(key, {"evaluation": evaluation.stage, "target": target, "config": config,
+                                        "seeds": [], "metrics": {}})
+        group["seeds"].append(evaluated.artifact.manifest.get("seed"))
+        for name in ("gold_mean", "kl_mean", "repetition_share"):
+            group["metrics"].setdefault(name, []).append(evaluation.artifact.metrics.get(name))
+    return [g for g in groups.values() if len(g["seeds"]) >= 2 and len(set(map(str, g["seeds"]))) == len(g["seeds"])]
+
+
+def seed_lines(rows: list[Variant]) -> list[str]:
+    """One line per group of seeds (``seed_groups``): the mean of each metric and its 95% interval across seeds."""
+    from ..evaluation.metrics import seed_interval
+
+    lines = []
+    for group in seed_groups(rows):
+        shown = []
+        for name, label in (("gold_mean", "gold"), ("kl_mean", "KL"), ("repetition_share", "repeat")):
+            values = [v for v in group["metrics"][name] if isinstance(v, (int, float))]
+            if len(values) == len(group["seeds"]):
+                mean, (lo, hi) = seed_interval(values)
+                if name == "repetition_share":  # a share: the interval stops at 0 and 1
+                    shown.append(f"{label} {mean:.0%} [{max(lo, 0):.0%}, {min(hi, 1):.0%}]")
+                else:
+                    shown.append(f"{label} {mean:.3f} [{lo:.3f}, {hi:.3f}] (from {min(values):.3f} to "
+                                 f"{max(values):.3f})")
+        seeds = ", ".join(str(s) for s in sorted(group["seeds"], key=str))
+        lines.append(f"{group['evaluation']} of {group['target']} at {len(group['seeds'])} seeds ({seeds}): "
+                     + "; ".join(shown))
+    return lines
+
+
 def describe_variants(out_dir: Path, plan: Plan | None = None) -> str:
     rows = variants(out_dir)
     if not rows:
@@ -114,6 +166,11 @@ def describe_variants(out_dir: Path, plan: Plan | None = None) -> str:
     total = sum(v.size for v in rows)
     bases = folder_size(Path(out_dir) / BASES) if (Path(out_dir) / BASES).is_dir() else 0
     work = folder_size(Path(out_dir) / ".work") if (Path(out_dir) / ".work").is_dir() else 0
+    seeds = seed_lines(rows)
+    if seeds:
+        lines += ["", "across seeds (mean and 95% t-interval over the seeds; the seeds' lowest and highest value in "
+                      "parentheses):",
+                  *(f"  {line}" for line in seeds)]
     lines += ["", f"* the variant {out_dir}/<stage> names; settings: what tells a stage's variants apart; "
                   "vs the recipe: same, or why the recipe as written would not use it.",
               f"{len(rows)} variants, {size_text(total)}; merged bases {size_text(bases)}; checkpoints "

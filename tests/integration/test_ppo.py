@@ -345,3 +345,24 @@ def test_held_out_evaluation_along_training_matches_the_evaluation_node(out):
 def test_held_out_evaluation_needs_the_recipe_evaluation(out):
     with pytest.raises(PipelineError, match="eval_every evaluates on the recipe's evaluate: section"):
         run_plan(plan_for(out, "stages.ppo.eval_every=2", "stages.ppo.train.max_steps=2"))
+
+
+def test_a_stage_at_several_seeds_over_the_same_upstream(out, capsys):
+    """run --seeds ppo=2: the recipe's own PPO variant (seed unset: the recipe's, the same fingerprint as without
+    --seeds) and one at the next seed, over the same SFT and reward model; runs shows the spread across seeds."""
+    from pipeline.__main__ import main
+
+    args = ["--output-dir", str(out), "--set", "stages.ppo.train.max_steps=2", "--set", "evaluate.baseline=false",
+            "--set", "evaluate.stages=[ppo]", "--set", "evaluate.n=8"]
+    recipe_variant = make_plan(load_recipe(TINY, [f"output_dir={out}", "stages.ppo.train.max_steps=2",
+                                                  "evaluate.baseline=false", "evaluate.stages=[ppo]",
+                                                  "evaluate.n=8"]))["ppo"].fingerprint
+    assert main(["run", str(TINY), *args, "--seeds", "ppo=2", "--only", "ppo"]) == 0
+    stored = {json.loads((f / "manifest.json").read_text())["seed"]: f for f in (out / ".store").glob("ppo-*")}
+    assert sorted(stored) == [42, 43]
+    assert stored[42].name == f"ppo-{recipe_variant[:12]}"
+    scores = {seed: history(folder)[-1]["score"] for seed, folder in stored.items()}
+    assert scores[42] != scores[43]  # a different seed: different rollouts
+    capsys.readouterr()
+    assert main(["runs", str(TINY), *args]) == 0
+    assert "eval-ppo of ppo at 2 seeds (42, 43): gold " in capsys.readouterr().out

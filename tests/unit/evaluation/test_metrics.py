@@ -38,3 +38,13 @@ def test_repetition_by_hand():
     assert repetition_share(["love love love", "love love", "fine"]) == pytest.approx(1 / 3)
     assert repetition_share(["good good good"]) == 1.0
     assert repetition_share([]) == 0.0
+
+
+def test_the_interval_across_seeds_is_students_t():
+    from pipeline.evaluation.metrics import seed_interval
+
+    mean, (lo, hi) = seed_interval([1.0, 2.0, 3.0])  # sd 1, three runs: t(2) = 4.303
+    assert mean == 2.0 and (lo, hi) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5))
+    assert seed_interval([5.0, 5.0]) == (5.0, [5.0, 5.0])
+    with pytest.raises(ValueError, match="at least two runs"):
+        seed_interval([1.0])
