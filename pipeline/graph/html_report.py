@@ -16,6 +16,7 @@ from ..artifacts.outputs import EvaluationOutput
 from ..training.trainer import LIVE_LOG
 from .plan import STORE, Plan
 from .report import report_rows, share_text, shown_folder
+from .variants import seed_lines, variants
 
 CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "gold", "kl", "kl_predicted",
           "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
@@ -348,6 +349,12 @@ def render(plan: Plan, out: Path) -> Path:
             parts.append(f"<tr><td>{html.escape(p['label'])}</td><td>{html.escape(p['kind'])}</td>"
                          f"<td>{p['kl']:.2f}</td><td>{p['gold']:.3f}</td><td>{html.escape(p['evaluation'])}</td></tr>")
         parts.append("</table>")
+    seed_rows = seed_lines(variants(plan.out_dir))
+    if seed_rows:
+        parts += ["<h2>Across seeds</h2>", "<p>Evaluations of variants that differ in their seed alone (run "
+                  "--seeds): the mean over the seeds and its 95% t-interval, with the seeds' lowest and highest "
+                  "value.</p>",
+                  "<ul>", *(f"<li>{html.escape(line)}</li>" for line in seed_rows), "</ul>"]
     if runs:
         figure = next(image for image in images if image[0].endswith("overoptimisation.png"))
         parts += ["<h2>Over-optimisation</h2>", "<p>Each step's rollouts scored by the reward model the run optimises "

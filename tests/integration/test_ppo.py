@@ -366,3 +366,7 @@ def test_a_stage_at_several_seeds_over_the_same_upstream(out, capsys):
     capsys.readouterr()
     assert main(["runs", str(TINY), *args]) == 0
     assert "eval-ppo of ppo at 2 seeds (42, 43): gold " in capsys.readouterr().out
+    from pipeline.graph.html_report import render
+
+    page = render(make_plan(load_recipe(TINY, [f"output_dir={out}"])), out / "report.html").read_text()
+    assert "<h2>Across seeds</h2>" in page and "eval-ppo of ppo at 2 seeds (42, 43)" in page
