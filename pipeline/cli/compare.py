@@ -9,7 +9,7 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "compare", help="paired comparison of two evaluations (gold, KL, repetition) with a bootstrap CI",
         description="Compare evaluation B with A prompt by prompt: the mean of each (gold, KL, repetition, length), "
-                    "B - A with its 95%% bootstrap interval, and the share of prompts where B scores higher. Each "
+                    "B - A with its 95% bootstrap interval, and the share of prompts where B scores higher. Each "
                     "side is one evaluation or several joined by commas (seeds of one variant: the interval then "
                     "resamples the seeds too). An evaluation is a folder holding eval_samples.jsonl, or a name in "
                     "the output folder: eval-STAGE (the one the folder names now) or a stored variant by its "
