@@ -21,6 +21,9 @@ MATH_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspe
 """Libraries whose version is part of the fingerprint of every stage whose code imports them."""
 ALWAYS_TRACKED = ("torch", "transformers")
 """Every stage loads or runs models through these, whatever its own imports say."""
+PLANNING_ONLY = ("pipeline.models.flops", "pipeline.models.duration", "pipeline.models.estimate")
+"""Modules that estimate what a stage costs (FLOPs, time, memory: `plan`), imported by the config classes, never what
+a stage computes: not part of any stage's code, so refitting the time model does not retrain every stage."""
 
 
 def _stage_folders() -> list[Path]:
@@ -117,7 +120,7 @@ def code_closure(roots: list[str]) -> tuple[dict[str, str], set[str]]:
     queue = [r for r in roots if module_file(r) is not None]
     while queue:
         name = queue.pop()
-        if name in seen:
+        if name in seen or name in PLANNING_ONLY:
             continue
         seen.add(name)
         path = module_file(name)

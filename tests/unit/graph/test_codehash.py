@@ -60,3 +60,11 @@ def test_a_package_stage_brings_every_module_it_imports():
 def test_stages_that_do_not_use_a_library_do_not_track_it():
     _, libraries = codehash.stage_code("preferences")
     assert "trl" not in libraries and {"torch", "transformers", "peft"} <= set(libraries)
+
+
+def test_the_cost_model_is_no_stage_s_code():
+    """The FLOP, time and memory estimates the config classes import for `plan` change no stage's fingerprint."""
+    for kind in ("sft", "reward", "dpo", "ppo", "evaluate", "preferences"):
+        code, _ = codehash.stage_code(kind)
+        assert f"stages/{kind}_config" in code
+        assert not {"pipeline/models/flops", "pipeline/models/duration", "pipeline/models/estimate"} & set(code), kind
