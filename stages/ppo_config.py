@@ -118,6 +118,11 @@ class PPOStageConfig(StageConfig):
     """Reward shaping against the commonest reward gaming: subtract this from the score of a response in which one
     content word (4+ letters) occurs 3 or more times, the test behind the evaluation's repetition share
     (pipeline/evaluation/metrics.py). Changes what PPO optimises: say so when reporting its scores."""
+    ensemble_penalty: float = Field(0.0, ge=0)
+    """With an ensemble reward model (the reward stage's ``ensemble`` > 1): optimise its heads' mean less this times
+    their standard deviation, so that responses the heads disagree on (where the reward model is least sure, and
+    gaming pays) score lower (Coste et al. 2023, "uncertainty-weighted optimisation"). score logs the mean,
+    score_std the disagreement."""
     judge_rollouts: bool = True
     """Score every step's rollouts with the recipe's gold judge (``evaluate.judge``, logged as ``gold`` beside the
     reward model's ``score``) and its panel (``judge/<spec>``); reward-model judges are left out. With the KL this

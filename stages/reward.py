@@ -38,8 +38,16 @@ def run(ctx: StageContext) -> StageResult:
 
     start = ctx.start_folder()
     quantization = ctx.recipe.model.quantization
-    model = load_sequence_classifier(start, ctx.recipe.model.run_dtype, quantization)
+    model = load_sequence_classifier(start, ctx.recipe.model.run_dtype, quantization, heads=config.ensemble)
     model.config.pad_token_id = tokenizer.pad_token_id
+    # TRL's RewardTrainer refuses a model of several outputs, though its pairwise loss is per output (the logits of
+    # chosen and rejected are split along the batch, then compared output by output): an ensemble's head keeps its
+    # width, and the config says so again once the trainer is built (prepare, below).
+    model.config.num_labels = 1
+
+    def prepare(trainer) -> None:
+        model.config.num_labels = config.ensemble
+        keep_head_in_model_dtype(trainer)
 
     def keep_head_in_model_dtype(trainer) -> None:
         if quantization and not (config.train.precision in ("bf16", "fp16") or trainer.args.bf16):
@@ -56,7 +64,7 @@ def run(ctx: StageContext) -> StageResult:
         # The score head is new: train and save it in full next to the adapter.
         lora=config.lora, lora_task="SEQ_CLS", modules_to_save=["score"],
         method_args=dict(max_length=config.max_length, center_rewards_coefficient=config.center_rewards_coefficient),
-        prepare=keep_head_in_model_dtype,
+        prepare=prepare,
     )
     if eval_rows:
         metrics.update(_eval_metrics(ctx, trainer, RewardModel(trainer.model, tokenizer), eval_rows))
@@ -172,7 +180,7 @@ def _save(ctx: StageContext, trainer, tokenizer, is_adapter: bool, dense_start: 
         # QLoRA: the artifact is the adapter merged into the dense starting weights, not into their 4-bit copy
         from peft import PeftModel
 
-        dense = load_sequence_classifier(dense_start, ctx.recipe.model.run_dtype)
+        dense = load_sequence_classifier(dense_start, ctx.recipe.model.run_dtype, heads=trainer.model.config.num_labels)
         dense.config.pad_token_id = tokenizer.pad_token_id
         model = PeftModel.from_pretrained(dense, str(ctx.out_dir / "adapter")).merge_and_unload()
     else:

@@ -24,6 +24,11 @@ class RewardStageConfig(PairwiseStageConfig):
     """Subtract each pair's score margin inside the loss (-log sigmoid(r_c - r_r - margin)), as in Llama 2."""
     center_rewards_coefficient: float | None = Field(None, ge=0)
     """Weight of the penalty on the mean squared reward, which keeps rewards centred on zero (Eisenstein et al.)."""
+    ensemble: int = Field(1, ge=1, le=64)
+    """Score heads trained side by side on one trunk, each from its own random initialisation, each with the
+    pairwise loss (an ensemble at the cost of one reward model; Coste et al. 2023 ensemble whole models, which
+    disagree more). The artifact is a sequence classifier with this many outputs; its score is their mean, and ppo
+    can penalise their disagreement (``ensemble_penalty``)."""
 
     produces: ClassVar[str] = "reward_model"
     time_fit: ClassVar[tuple[float, float] | None] = (0.89, 2.0)

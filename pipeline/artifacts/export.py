@@ -37,7 +37,7 @@ def export(artifact: Artifact, to: Path, dtype: str | None = None, adapter: bool
     library = "transformers"
     with atomic_dir(to) as tmp:
         if isinstance(output, RewardModelOutput):
-            model = load_sequence_classifier(str(artifact.path), dtype or "float32")
+            model = load_sequence_classifier(str(artifact.path), dtype or "float32", heads=None)
             model.save_pretrained(tmp, safe_serialization=True)
         elif adapter and output.format == "adapter":
             library = "peft"

@@ -155,12 +155,14 @@ def _make_contiguous(module, args):
     return tuple(a.contiguous() if hasattr(a, "contiguous") else a for a in args)
 
 
-def load_sequence_classifier(path: str, dtype: str = "auto", quantization: str | None = None):
-    """A one-label sequence classifier (a reward model, or a causal LM's weights with a new score head)."""
+def load_sequence_classifier(path: str, dtype: str = "auto", quantization: str | None = None,
+                             heads: int | None = 1):
+    """A sequence classifier with ``heads`` outputs: a causal LM's weights with a new score head (a reward model to
+    train: one head, or an ensemble's), or a reward model as stored (None: as many as it has)."""
     from transformers import AutoModelForSequenceClassification
 
     return _load_pretrained(AutoModelForSequenceClassification, "a sequence classifier", path, dtype, quantization,
-                            num_labels=1)
+                            **({"num_labels": heads} if heads is not None else {}))
 
 
 def keep_4bit_trainable_on_cpu(model) -> int:

@@ -1,7 +1,8 @@
 """A reward-model artifact as a scorer: plain AutoModelForSequenceClassification, batched, on chat-rendered text.
 
 Scoring renders (prompt, completion) exactly as the reward stage trained on them: the user prompt and the
-assistant completion through the tokenizer's chat template, the reward read at the last non-pad token.
+assistant completion through the tokenizer's chat template, the reward read at the last non-pad token. An ensemble
+reward model (the reward stage's ``ensemble``) has one output per head; its reward is their mean.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class RewardModel:
     scores exactly what the reward stage trained on."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16):
-        if model.config.num_labels != 1:
-            raise ModelError(f"a reward model has one output, this one has {model.config.num_labels}")
+        if model.config.num_labels < 1:
+            raise ModelError("a reward model needs at least one output")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @classmethod
@@ -63,14 +64,18 @@ class RewardModel:
         return self.score_ids(self.token_ids(prompts, completions))
 
     def score_ids(self, ids: list[list[int]]) -> list[float]:
-        """The reward of each token-id sequence (as ``token_ids`` gives them), ``batch_size`` sequences a forward
-        pass, right-padded, read at the last non-pad token."""
+        """The reward of each token-id sequence (as ``token_ids`` gives them): an ensemble's mean."""
+        return [sum(heads) / len(heads) for heads in self.head_scores(ids)]
+
+    def head_scores(self, ids: list[list[int]]) -> list[list[float]]:
+        """Each output of the model (one, or an ensemble's heads) for each token-id sequence, ``batch_size`` sequences
+        a forward pass, right-padded, read at the last non-pad token."""
         import torch
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.model.training
         self.model.eval()
-        scores: list[float] = []
+        scores: list[list[float]] = []
         try:
             for start in range(0, len(ids), self.batch_size):
                 rows = ids[start : start + self.batch_size]
@@ -80,7 +85,7 @@ class RewardModel:
                 with torch.no_grad():
                     logits = self.model(input_ids=input_ids.to(self.model.device),
                                         attention_mask=mask.to(self.model.device)).logits
-                scores += logits[:, 0].float().tolist()
+                scores += logits.float().tolist()
         finally:
             self.model.train(was_training)
         return scores

@@ -34,7 +34,13 @@ def reward_model(ctx):
 
     upstream = ctx.upstream_of("reward_model")
     folder = str(upstream.path)
-    model = load_sequence_classifier(folder, ctx.recipe.model.run_dtype)
+    model = load_sequence_classifier(folder, ctx.recipe.model.run_dtype, heads=None)
+    if model.config.num_labels != 1:
+        from ..errors import PipelineError
+
+        raise PipelineError(f"stage '{ctx.name}': the reward model {folder} is an ensemble of "
+                            f"{model.config.num_labels} heads, and TRL's online trainers read the first output only; "
+                            "train it with ensemble: 1, or optimise the ensemble with ppo")
     # TRL names the reward's log keys after the model's name (rewards/<name>/mean): the stage's, not its folder's
     model.config._name_or_path = upstream.manifest.get("stage", upstream.path.name)
     return model.eval().requires_grad_(False), load_tokenizer(folder)

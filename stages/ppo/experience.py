@@ -28,7 +28,9 @@ class ScoredRollout:
     values: torch.Tensor
     """[B, T] the value model's estimates (0 on padding)."""
     raw_scores: torch.Tensor
-    """[B] the reward model's score of each whole response."""
+    """[B] the reward model's score of each whole response (an ensemble's: the mean of its heads)."""
+    score_std: torch.Tensor
+    """[B] the standard deviation of an ensemble reward model's heads for each response (0 with one head)."""
     trunk_cache: dict[str, torch.Tensor] | None
     """With trunk sharing: the frozen layers' output per model ("policy", "value"), [B, width, hidden], so updates
     recompute only the layers above (stages/ppo/trunk.py); None without."""

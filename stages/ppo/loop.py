@@ -27,7 +27,7 @@ import torch
 from pipeline.artifacts.policy import save_policy_model
 from pipeline.contract import PolicyOutput, StageContext
 from pipeline.data.loading import card_prompts
-from pipeline.errors import TrainingDiverged
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
 from pipeline.evaluation.judges import rollout_judges
 from pipeline.evaluation.metrics import repeats_itself
@@ -82,6 +82,11 @@ class PPORun:
         models = load_models(ctx, config)
         self.source, self.tokenizer, self.pad_id = models.source, models.tokenizer, models.pad_id
         self.reward_tokenizer = models.reward_tokenizer
+        self.reward_heads = (models.scorer if models.scorer is not None else models.value).config.num_labels
+        if config.ensemble_penalty and self.reward_heads == 1:
+            raise PipelineError(f"stage '{ctx.name}': ensemble_penalty penalises the disagreement of an ensemble "
+                                "reward model's heads, and this reward model has one; train it with ensemble: 4 "
+                                "(or more), or drop ensemble_penalty")
         self.reference, self.scorer_model = models.reference, models.scorer
         self.accelerator = make_accelerator(ctx, config)
         self.world = self.accelerator.num_processes
@@ -136,7 +141,8 @@ class PPORun:
         if self.first_rollout is None:
             rows = self.config.train.batch_size
             self.first_rollout = (completions[:rows], scored.ref_logprobs[:rows].clone())
-        scores = self.shape_scores(scored.raw_scores, completions)
+        # with an ensemble reward model: its mean less ensemble_penalty x its heads' disagreement (Coste et al. 2023)
+        scores = self.shape_scores(scored.raw_scores - self.config.ensemble_penalty * scored.score_std, completions)
         penalty, advantages, returns = self.advantages(scored, scores)
         mask = scored.batch.response_mask.float()
         kl_per_response = ((scored.logprobs - scored.ref_logprobs) * mask).sum(-1)
@@ -199,13 +205,13 @@ class PPORun:
                 logprobs.append(token_logprobs(logits, part.response_ids, temperature))
                 values.append(value)
                 ref_logprobs.append(self._reference_logprobs(unwrapped.policy, part))
-            raw_scores = torch.cat(rewards) if rewards else \
-                torch.full((len(completions),), float("nan"), device=self.accelerator.device)
-            apart = torch.isnan(raw_scores).nonzero().squeeze(-1).tolist()
+            heads = torch.cat(rewards) if rewards else \
+                torch.full((len(completions), self.reward_heads), float("nan"), device=self.accelerator.device)
+            apart = torch.isnan(heads[:, 0]).nonzero().squeeze(-1).tolist()
             if apart:  # rows the shared pass could not score: a separate pass on the reward model's own tokens
-                raw_scores[apart] = torch.tensor(
+                heads[apart] = torch.tensor(
                     self._reward_scores(unwrapped.value, [prompts[i] for i in apart], [completions[i] for i in apart]),
-                    device=raw_scores.device)
+                    device=heads.device, dtype=heads.dtype)
             unwrapped.train()
         if self.first_rollout is None and suffixes is not None and self.ctx.is_main:
             log.info("[%s] the reward model scores %d of %d rollouts in the shared pass (%d render differently "
@@ -213,7 +219,8 @@ class PPORun:
                      len(completions), len(apart))
         mask = batch.response_mask.float()
         return ScoredRollout(batch, torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask,
-                             torch.cat(values) * mask, raw_scores,
+                             torch.cat(values) * mask, heads.mean(-1),
+                             heads.std(-1) if heads.shape[1] > 1 else torch.zeros_like(heads[:, 0]),
                              {k: torch.cat(v) for k, v in cache.items()} if cache["policy"] else None)
 
     def _reward_suffixes(self, prompts: list[str], completions: list[Completion]) -> list[list[int] | None]:
@@ -238,14 +245,17 @@ class PPORun:
                 logits = policy_logits(policy, part, width)
         return token_logprobs(logits, part.response_ids, self.config.sampling.temperature)
 
-    def _reward_scores(self, value_model, prompts: list[str], completions: list[Completion]) -> list[float]:
-        """The reward model's score of each (prompt, response), tokenised exactly as the reward stage trained."""
+    def _reward_scores(self, value_model, prompts: list[str], completions: list[Completion]) -> list[list[float]]:
+        """The reward model's outputs (one, or an ensemble's heads) for each (prompt, response), tokenised exactly
+        as the reward stage trained."""
         texts = [c.completion for c in completions]
         micro = self.config.train.batch_size
         if self.scorer_model is not None:
-            return RewardModel(self.scorer_model, self.reward_tokenizer, micro).score(prompts, texts)
+            scorer = RewardModel(self.scorer_model, self.reward_tokenizer, micro)
+            return scorer.head_scores(scorer.token_ids(prompts, texts))
         with value_model.disable_adapter():
-            return RewardModel(value_model, self.reward_tokenizer, micro).score(prompts, texts)
+            scorer = RewardModel(value_model, self.reward_tokenizer, micro)
+            return scorer.head_scores(scorer.token_ids(prompts, texts))
 
     def shape_scores(self, raw: torch.Tensor, completions: list[Completion]) -> torch.Tensor:
         """The scores the advantages see: penalised, normalised (running or per batch, over all processes), clipped."""
@@ -403,6 +413,7 @@ class PPORun:
         local = {
             "score": exp.raw_scores.mean(),
             "score_shaped": exp.scores.mean(),
+            **({"score_std": exp.score_std.mean()} if self.reward_heads > 1 else {}),
             "kl_penalty": penalty_sum.mean(),
             "rlhf_reward": (exp.scores - kl_coef * penalty_sum).mean(),
             **train_stats,
@@ -416,7 +427,9 @@ class PPORun:
         means = self._means(local)
         tokens = means.pop("tokens")
         judged = {key: means.pop(key) for key, _ in self.judges}
-        return {"step": self.step, "score": means.pop("score"), **judged, "score_shaped": means.pop("score_shaped"),
+        return {"step": self.step, "score": means.pop("score"), **judged,
+                **({"score_std": means.pop("score_std")} if "score_std" in means else {}),
+                "score_shaped": means.pop("score_shaped"),
                 "kl": exp.kl, "kl_penalty": means.pop("kl_penalty"), "rlhf_reward": means.pop("rlhf_reward"),
                 "kl_coef": kl_coef, **means, "lr": self.scheduler.get_last_lr()[0], "step_time_s": elapsed,
                 "generate_time_s": exp.generate_time_s, "generated_tokens_per_s": tokens * self.world / elapsed}

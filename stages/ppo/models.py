@@ -64,7 +64,8 @@ class PolicyAndValue(nn.Module):
 
     def _values(self, hidden, width: int, response_width: int) -> torch.Tensor:
         _, head = classifier_parts(self.value)
-        return head(hidden[:, width - response_width - 1 : width - 1]).squeeze(-1).float()
+        # an ensemble reward model's value head has one output per member: the value is their mean
+        return head(hidden[:, width - response_width - 1 : width - 1]).float().mean(-1)
 
     def _from_cache(self, input_ids, attention_mask, position_ids, response_width: int, cached: dict):
         trunk = self.trunk
@@ -111,14 +112,14 @@ class PolicyAndValue(nn.Module):
         return out
 
     def _reward(self, value: Stack, at_value, mask, rotary, position_ids, last: torch.Tensor) -> torch.Tensor:
-        """The reward model's score at column ``last`` of each row: the value model with its adapter off (the
-        reward model) from the value model's lowest trainable layer, where the two still agree."""
+        """The reward model's outputs [rows, heads] at column ``last`` of each row: the value model with its adapter
+        off (the reward model) from the value model's lowest trainable layer, where the two still agree."""
         rows = torch.arange(len(last), device=last.device)
         with self.value.disable_adapter():
             top = value.layers(at_value, self.trunk.value, len(value.backbone.layers), mask, rotary, position_ids)
             _, head = classifier_parts(self.value)
-            scores = head(value.finish(top)[rows, last.clamp(min=0)]).squeeze(-1).float()
-        return torch.where(last >= 0, scores, torch.full_like(scores, float("nan")))
+            scores = head(value.finish(top)[rows, last.clamp(min=0)]).float()
+        return torch.where((last >= 0)[:, None], scores, torch.full_like(scores, float("nan")))
 
 
 def policy_logits(policy, batch: "Rollout", response_width: int | None = None) -> torch.Tensor:

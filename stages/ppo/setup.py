@@ -56,7 +56,8 @@ def load_models(ctx: StageContext, config: PPOStageConfig) -> PPOModels:
     # when the Accelerator prepares the model.
     policy = source.load()
     # QLoRA: the reward/value backbone is quantised like the policy; only adapters train
-    reward = load_sequence_classifier(reward_path, ctx.recipe.model.run_dtype, ctx.recipe.model.quantization)
+    reward = load_sequence_classifier(reward_path, ctx.recipe.model.run_dtype, ctx.recipe.model.quantization,
+                                      heads=None)
     reward.config.pad_token_id = pad_id
     # Dropout would make the first PPO ratio differ from 1 for no reason (TRL's PPO turns it off too).
     disable_dropout_in_model(policy)

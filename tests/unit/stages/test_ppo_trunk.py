@@ -16,15 +16,15 @@ from stages.ppo.trunk import plan_trunk
 LAYERS = 3
 
 
-def tiny_config() -> LlamaConfig:
+def tiny_config(heads: int = 1) -> LlamaConfig:
     return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=1)
+                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=heads)
 
 
-def models(value_differs_below: bool):
+def models(value_differs_below: bool, heads: int = 1):
     torch.manual_seed(0)
     config = tiny_config()
-    base, reward = LlamaForCausalLM(config), LlamaForSequenceClassification(config)
+    base, reward = LlamaForCausalLM(config), LlamaForSequenceClassification(tiny_config(heads))
     reward.model.load_state_dict(base.model.state_dict())
     if value_differs_below:  # as after a reward model trained on every layer: nothing in common with the policy
         with torch.no_grad():
@@ -104,11 +104,13 @@ def test_sharing_is_off_with_all_layer_adapters():
     assert "share_trunk: false" in plan_trunk(*models(False), None, enabled=False).reason
 
 
-def test_the_shared_pass_scores_each_rollout_as_the_reward_model_scores_its_own_rendering():
+@pytest.mark.parametrize("heads", [1, 3], ids=["one-head", "ensemble"])
+def test_the_shared_pass_scores_each_rollout_as_the_reward_model_scores_its_own_rendering(heads):
     """The tokens the reward model's rendering adds after a response (end of turn) go into the shared pass after
     each row; the policy's, reference's and value model's outputs stay those of the rollout alone, and "reward" is
-    the value model with its adapter off (the reward model) on the row's unpadded tokens plus its suffix."""
-    policy, value = models(False)
+    the value model with its adapter off (the reward model) on the row's unpadded tokens plus its suffix: each
+    head's output for an ensemble reward model, whose value is the mean of its value head's outputs."""
+    policy, value = models(False, heads)
     plan = plan_trunk(policy, value, None, enabled=True)
     model = PolicyAndValue(policy, value, plan).eval()
     batch = left_padded_batch()
@@ -131,8 +133,8 @@ def test_the_shared_pass_scores_each_rollout_as_the_reward_model_scores_its_own_
         for row, suffix in enumerate(suffixes[:3]):
             ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist() + suffix
             with value.disable_adapter():
-                expected.append(value(input_ids=torch.tensor([ids])).logits[0, 0].item())
-            with_adapter = value(input_ids=torch.tensor([ids])).logits[0, 0].item()
-            assert abs(with_adapter - expected[-1]) > 1e-3, "the value adapter changes the score: the test can tell"
-    assert torch.isnan(scored["reward"][3])
-    assert torch.allclose(scored["reward"][:3], torch.tensor(expected), atol=1e-5), (scored["reward"], expected)
+                expected.append(value(input_ids=torch.tensor([ids])).logits[0])
+            with_adapter = value(input_ids=torch.tensor([ids])).logits[0]
+            assert (with_adapter - expected[-1]).abs().max() > 1e-3, "the value adapter changes the score: testable"
+    assert scored["reward"].shape == (4, heads) and torch.isnan(scored["reward"][3]).all()
+    assert torch.allclose(scored["reward"][:3], torch.stack(expected), atol=1e-5), (scored["reward"], expected)
