@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts.artifact import Artifact
+from ..artifacts.outputs import EvaluationOutput
 from ..contract.context import BASES
 from .plan import STORE, Plan, why_changed
 
@@ -107,7 +108,7 @@ def seed_groups(rows: list[Variant]) -> list[dict]:
     by_fingerprint = {v.fingerprint: v for v in rows}
     groups: dict[str, dict] = {}
     for evaluation in rows:
-        if evaluation.artifact.kind != "evaluate":
+        if not isinstance(evaluation.artifact.output, EvaluationOutput):
             continue
         upstream = (evaluation.artifact.manifest.get("inputs") or {}).get("upstream") or {}
         if len(upstream) != 1:

@@ -42,7 +42,8 @@ def test_only_an_explicit_dpo_reference_is_a_second_copy():
 
 def test_each_kind_keeps_its_own_defaults_and_field_order():
     assert DPOStageConfig().train.learning_rate == 5e-5 and RewardStageConfig().train.learning_rate == 1e-4
-    assert list(RewardStageConfig.model_fields)[:6] == ["kind", "from_", "data", "lora", "train", "max_length"]
-    assert list(DPOStageConfig.model_fields)[:6] == ["kind", "from_", "data", "lora", "train", "max_length"]
+    assert list(RewardStageConfig.model_fields)[:7] == ["kind", "from_", "seed", "data", "lora", "train",
+                                                        "max_length"]
+    assert list(DPOStageConfig.model_fields)[:7] == ["kind", "from_", "seed", "data", "lora", "train", "max_length"]
     assert "score head" in RewardStageConfig.model_fields["lora"].description
     assert "frozen copy" in DPOStageConfig.model_fields["lora"].description
