@@ -39,6 +39,7 @@ def test_unpairing_labels_each_completion_once_and_drops_the_contradicted():
                      "completion": [{"role": "assistant", "content": "no"}], "label": False}]
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_kto_prefers_the_desirable_kind_and_reloads_with_plain_peft(make_recipe, chat_data, tmp_path):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM

@@ -291,6 +291,7 @@ def test_kl_guard_is_refused_under_deepspeed(out, monkeypatch):
         run_plan(plan_for(out, "stages.ppo.train.max_steps=1", "stages.ppo.kl={target: 4.0, guard: 1.2}"))
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_every_step_logs_the_gold_judge_of_its_rollouts(out):
     """The over-optimisation curve's data: each step's rollouts scored by the recipe's gold judge (here their length
     in characters, which samples.jsonl lets us check: it holds all 8 rollouts of a step) and its panel, beside the
@@ -322,6 +323,7 @@ def test_every_step_logs_the_gold_judge_of_its_rollouts(out):
     assert row.startswith("ppo") and f"<td>{best['gold']:.3f}</td><td>{best['step']}</td>" in row
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_held_out_evaluation_along_training_matches_the_evaluation_node(out):
     """eval_every: the held-out prompts evaluated every 2 steps and after the last; the last one computes what the
     evaluation node computes from the saved policy (same prompts, seed and judge; the LoRA policy's reference is the
@@ -347,6 +349,7 @@ def test_held_out_evaluation_needs_the_recipe_evaluation(out):
         run_plan(plan_for(out, "stages.ppo.eval_every=2", "stages.ppo.train.max_steps=2"))
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_a_stage_at_several_seeds_over_the_same_upstream(out, capsys):
     """run --seeds ppo=2: the recipe's own PPO variant (seed unset: the recipe's, the same fingerprint as without
     --seeds) and one at the next seed, over the same SFT and reward model; runs shows the spread across seeds."""

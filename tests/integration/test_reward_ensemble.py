@@ -26,6 +26,7 @@ def ensemble_run(tiny_upstream, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_the_ensemble_is_a_plain_classifier_with_one_output_a_head_and_scores_their_mean(ensemble_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -47,6 +48,7 @@ def test_the_ensemble_is_a_plain_classifier_with_one_output_a_head_and_scores_th
     assert 0 <= metrics["eval_accuracy"] <= 1
 
 
+@pytest.mark.slow  # a tiny-model training run of a minute or more: the full suite runs it
 def test_ppo_optimises_the_mean_less_the_penalty_times_the_disagreement(ensemble_run):
     steps = json.loads((ensemble_run / "ppo" / "log_history.json").read_text())
     assert [s["step"] for s in steps] == [1, 2, 3]
