@@ -40,24 +40,32 @@ class KLSettings(Strict):
     """With a target: hold the policy's KL to the reference inside the band [target / guard, guard x target]. Each
     optimizer update of a PPO step is checked once it has run, on the step's rollout (the KL predicted by
     importance weighting); one that carried the KL above the band or further above than the rollout measured it
-    (or, once the KL has first reached the band, below it or further below) is undone for the policy (its weights
+    (or, once the KL has first reached the band, from inside it to below it) is undone for the policy (its weights
     and their optimizer state restored; the value model's half of the update stands) and the step's remaining
     updates are dropped. A controller acts on the KL the next rollout measures, after the policy has moved; the
     guard acts inside the step (the policy's sudden jumps toward what the reward model likes are faster than any
     controller of the coefficient), and the controller's coefficient decides how much reward the updates that stay
     in the band can still gain. Costs one extra forward pass of a minibatch a step. None: every update is kept."""
+    rollback_after: int | None = Field(2, ge=1)
+    """With a guard: when this many rollouts in a row measure the KL above the band, restore the policy (weights and
+    optimizer state) to the last one whose rollout measured it at or below the band's top, and skip the step's
+    update. The guard's per-update prediction can miss an overshoot, and above the band it refuses every update
+    that would raise the predicted KL further, which can be all of them (kl_guard.py); this is the way back. 2: one
+    reading above the band may be the rollout's noise. None: never roll back."""
 
     @model_validator(mode="after")
     def _controller_settings_used(self):
         unused = {"proportional": ("kp", "ki"), "pi": ("horizon",)}[self.controller]
         if self.target is None:
-            unused = ("controller", "horizon", "kp", "ki", "guard")
+            unused = ("controller", "horizon", "kp", "ki", "guard", "rollback_after")
+        elif self.guard is None and "rollback_after" in self.model_fields_set and self.rollback_after is not None:
+            raise ValueError("rollback_after: it returns the policy to kl.guard's band, and no guard is set")
         for key in unused:
             if key in self.model_fields_set:
                 why = f"the {self.controller} controller does not use it"
                 if self.target is None:
-                    why = "it is a multiple of kl.target, and no target is set" if key == "guard" else \
-                        "no target is set (coef stays fixed)"
+                    why = "it is a multiple of kl.target, and no target is set" \
+                        if key in ("guard", "rollback_after") else "no target is set (coef stays fixed)"
                 raise ValueError(f"{key}: {why}")
         return self
 

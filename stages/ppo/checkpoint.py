@@ -19,6 +19,8 @@ log = logging.getLogger("pipeline")
 
 PREFIX = "checkpoint-"
 STATE = "state.json"
+EXTRA = "extra.safetensors"
+"""Tensors of the loop's own state beside its weights (kl.guard's last policy inside the band)."""
 
 
 def _trainable_state(accelerator, model) -> dict[str, torch.Tensor]:
@@ -26,8 +28,10 @@ def _trainable_state(accelerator, model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(accelerator, model, optimizer, work_dir: Path, step: int, state: dict) -> None:
-    """Write checkpoint-<step> (collective: every process calls it) and remove older ones."""
+def save_checkpoint(accelerator, model, optimizer, work_dir: Path, step: int, state: dict,
+                    tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write checkpoint-<step> (collective: every process calls it) and remove older ones; ``tensors``, the loop's
+    own, go to extra.safetensors."""
     from safetensors.torch import save_file
 
     final = work_dir / f"{PREFIX}{step}"
@@ -45,6 +49,8 @@ def save_checkpoint(accelerator, model, optimizer, work_dir: Path, step: int, st
                tmp / f"rng_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if tensors:
+            save_file(tensors, str(tmp / EXTRA))
         write_json(tmp / STATE, state)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -54,9 +60,10 @@ def save_checkpoint(accelerator, model, optimizer, work_dir: Path, step: int, st
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator, model, optimizer, work_dir: Path, stage: str) -> dict | None:
-    """Restore the newest complete checkpoint into model, optimizer and RNG; returns the loop state saved with it
-    (None when there is none)."""
+def load_checkpoint(accelerator, model, optimizer, work_dir: Path, stage: str
+                    ) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Restore the newest complete checkpoint into model, optimizer and RNG; returns the loop state and tensors
+    saved with it (None when there is none)."""
     from safetensors.torch import load_file
 
     found = sorted((p for p in work_dir.glob(f"{PREFIX}*") if (p / STATE).exists()),
@@ -79,4 +86,5 @@ def load_checkpoint(accelerator, model, optimizer, work_dir: Path, stage: str) -
         rng = torch.load(rng_file, weights_only=True)
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
-    return json.loads((folder / STATE).read_text())
+    tensors = load_file(str(folder / EXTRA)) if (folder / EXTRA).exists() else {}
+    return json.loads((folder / STATE).read_text()), tensors

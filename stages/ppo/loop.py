@@ -109,8 +109,8 @@ class PPORun:
 
         kl = config.kl
         self.kl_controller = ppo_math.kl_controller(kl.coef, kl.target, kl.controller, kl.horizon, kl.kp, kl.ki)
-        self.guard = KLGuard(kl.target, kl.guard, self.policy_parameters, self.optimizer, self.scheduler) \
-            if kl.guard is not None else None
+        self.guard = KLGuard(kl.target, kl.guard, self.policy_parameters, self.optimizer, self.scheduler,
+                             kl.rollback_after) if kl.guard is not None else None
         self.score_moments = ppo_math.RunningMoments()
         self.judges = rollout_judges(ctx.recipe.evaluate) if config.judge_rollouts else []
         self.held_out = HeldOutEvaluation(ctx, config) if config.eval_every is not None else None
@@ -291,10 +291,11 @@ class PPORun:
 
         kl.guard checks every update once it has run: where the next optimizer step begins (so no half-accumulated
         gradient is dropped) on that step's first micro-batch, and after the last update on an extra forward pass of
-        one micro-batch. An update that carried the KL out of the band is undone and the step ends."""
+        one micro-batch. An update that carried the KL out of the band is undone and the step ends. When the guard
+        rolls the policy back to the last one inside the band (kl.rollback_after) the step trains on nothing."""
         config, guard = self.config, self.guard
-        if guard is not None:
-            guard.start_step(exp.kl)
+        if guard is not None and not guard.start_step(exp.kl):
+            return {"updates": 0, "rolled_back": 1, "kl_predicted": guard.accepted}
         micro, ga = config.train.batch_size, config.train.gradient_accumulation_steps
         device = exp.batch.input_ids.device
         generator = torch.Generator().manual_seed(self.ctx.seed + 31 * self.step + self.rank)
@@ -466,15 +467,17 @@ class PPORun:
                 "scheduler": self.scheduler.state_dict()}
 
     def _resume(self) -> None:
-        state = load_checkpoint(self.accelerator, self.model, self.optimizer, self.ctx.work_dir, self.ctx.name)
-        if state is None:
+        found = load_checkpoint(self.accelerator, self.model, self.optimizer, self.ctx.work_dir, self.ctx.name)
+        if found is None:
             return
+        state, tensors = found
         self.step = state["step"]
         if self.accelerator.is_main_process:
             live_log_resumed_at(self.ctx, self.step)
         self.kl_controller.load_state_dict(state["kl_controller"])
         if self.guard is not None:
             self.guard.load_state_dict(state["kl_guard"])
+            self.guard.load_tensors(tensors)
         self.score_moments.load_state_dict(state["score_moments"])
         self.history, self.samples = state["history"], state["samples"]
         self.scheduler.load_state_dict(state["scheduler"])
@@ -507,7 +510,7 @@ class PPORun:
             bar.update(1)
             if self.step % config.train.save_steps == 0 and self.step < self.total_steps:
                 save_checkpoint(self.accelerator, self.model, self.optimizer, self.ctx.work_dir, self.step,
-                                self._state())
+                                self._state(), self.guard.tensors() if self.guard is not None else None)
         bar.close()
         if config.train.report_to:
             # not end_training(): it also destroys the process group, which this stage's last gathers and the stages
@@ -528,8 +531,9 @@ class PPORun:
         if self.history:
             metrics["score_first"] = self.history[0]["score"]
             for key in ("score", "kl", "rlhf_reward", "entropy", "response_length", "gold"):
-                if key in self.history[0]:
-                    metrics[f"{key}_last"] = sum(h[key] for h in last) / len(last)
+                values = [h[key] for h in last if key in h]  # a rolled-back step trained on nothing: no entropy
+                if values:
+                    metrics[f"{key}_last"] = sum(values) / len(values)
             if "gold" in self.history[0]:  # where along training the gold judge peaked (over-optimisation)
                 peak = max(self.history, key=lambda h: h["gold"])
                 metrics.update(gold_first=self.history[0]["gold"], gold_peak=peak["gold"], gold_peak_step=peak["step"],
@@ -539,6 +543,8 @@ class PPORun:
                 peak = max(held_out, key=lambda h: h["eval_gold"])
                 metrics.update(eval_gold_peak=peak["eval_gold"], eval_gold_peak_step=peak["step"],
                                eval_kl_at_gold_peak=peak["eval_kl"])
+        if self.guard is not None:
+            metrics["kl_rollbacks"] = self.guard.rollbacks
         metrics["reference_drift"] = self._reference_drift()
         metrics["rollout_prompts_per_step"] = self.config.rollout_batch_size * self.world
         metrics["world_size"] = self.world

@@ -231,7 +231,8 @@ def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
     barely moves): unguarded, the full 8 updates a step carry the KL past twice the target by step 15 (measured 11.6,
     and 9.0 with the reward model trained since the merged base has its own random stream); with
     kl.guard 1.2 each update is checked once it has run, and the one that carried the predicted KL above 4.8 nats
-    is undone (measured: steps 14-15 keep none, the KL stays at 4.7-6.0, rollout noise)."""
+    is undone; two rollouts in a row above the band roll the policy back (measured: the KL stays at 4.0-5.4,
+    rollout noise, steps 12-13 above the band and 13 rolled back)."""
     settings = ["stages.ppo.train.max_steps=15", "stages.ppo.train.logging_steps=1", "stages.ppo.train.save_steps=100"]
     kl = "stages.ppo.kl={coef: 0.05, target: 4.0, horizon: 1000000%s}"
     run_plan(plan_for(out, *settings, kl % ""))
@@ -245,6 +246,18 @@ def test_kl_guard_undoes_the_updates_that_carry_the_kl_out_of_the_band(out):
         assert step["kl_predicted"] <= max(upper, step["kl"]) + 1e-6, step
         if i >= reached:
             assert step["kl_predicted"] >= min(lower, step["kl"]) - 1e-6, step
+    above, expected, in_band_kl = 0, [], None  # kl.rollback_after 2: the second rollout above the band in a row
+    for step in guarded:
+        above = above + 1 if step["kl"] > upper else 0
+        expected.append(above == 2)
+        if above == 2:  # back to the policy the last rollout inside the band came from, whose KL it measured
+            assert step["updates"] == 0 and step["kl_predicted"] == pytest.approx(in_band_kl), step
+            above = 0
+        elif step["kl"] <= upper:
+            in_band_kl = step["kl"]
+    assert [bool(s.get("rolled_back")) for s in guarded] == expected
+    assert any(expected), "measured: steps 12-13 above the band, 13 rolled back"
+    assert json.loads((out / "ppo" / "metrics.json").read_text())["kl_rollbacks"] == sum(expected)
     assert any(s["updates"] == 0 for s in guarded), "even a step's first update is undone when it leaves the band"
     assert any(s["updates"] == 8 for s in guarded), "below the band nothing is held back"
     free_max, guarded_max = max(s["kl"] for s in free), max(s["kl"] for s in guarded)

@@ -214,7 +214,7 @@ def test_leaves_band_refuses_only_moves_out_of_the_band():
     assert leaves(5.1, 4.0) and leaves(3.1, 4.0), "carried out of the band, above or below"
     assert leaves(6.1, 6.0) and not leaves(5.9, 6.0) and not leaves(4.0, 6.0), "above it: only further up is refused"
     assert leaves(3.1, 5.5), "from above to below the band"
-    assert leaves(1.9, 2.0) and not leaves(2.1, 2.0) and not leaves(4.5, 2.0), \
-        "below it: only further down is refused"
+    assert not leaves(1.9, 2.0) and not leaves(2.1, 2.0) and not leaves(4.5, 2.0), \
+        "below it: any move (the reward pulls the KL up; refusing further down held a policy stuck below)"
     assert not leaves(-0.1, 0.0, reached=False) and not leaves(3.1, 4.0, reached=False) and leaves(5.1, 4.0, False), \
         "until the KL has first reached the band, nothing below it is refused"
