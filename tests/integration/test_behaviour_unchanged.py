@@ -12,8 +12,10 @@ by the commit that gave every sampled row its own random stream (issue 31: pipel
 changes which tokens are drawn and so everything downstream, and nothing else: the commit before it still matched
 the ac3b51e recording. And once more by the commit that builds the merged base (.bases/) on a random stream of its
 own: in this chain the reward stage builds it, which had drawn from the stream the reward model's new score head is
-then initialised from; the commit before it still matched the previous recording. Timings are left out; everything
-else must match to float tolerance.
+then initialised from; the commit before it still matched the previous recording. The ppo-guard variant's steps were
+recorded again when kl.guard stopped refusing moves of a KL already below its band (step 9's rollout, at 2.16
+against the band's 2.5, now keeps all 8 updates); the rest of the recording is unchanged. Timings are left out;
+everything else must match to float tolerance.
 
 The chain runs in a subprocess pinned to the same kernels on every x86 CPU (ATen's default capability, MKL's
 conditional numerical reproducibility, oneDNN capped at SSE4.1, 2 threads): left free, AVX2 and AVX-512 kernels sum in
