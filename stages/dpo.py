@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 from datasets import Dataset
@@ -10,8 +9,10 @@ from trl import DPOConfig, DPOTrainer
 
 from pipeline.artifacts.policy import save_policy
 from pipeline.contract import StageContext, StageResult
-from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
+from pipeline.data.loading import as_chat_rows
+from pipeline.models.loading import frozen_copy
 from pipeline.models.trunk import plan_reference_reuse
+from pipeline.training.pairwise import preference_pairs
 from pipeline.training.trainer import train_with_trl
 
 from .dpo_config import DPOStageConfig
@@ -34,22 +35,15 @@ class ReferenceReusingDPOTrainer(DPOTrainer):
 
 def run(ctx: StageContext) -> StageResult:
     config: DPOStageConfig = ctx.config
-    preferences = ctx.upstream_of("preferences")
-    card = preferences.path / preferences.output.data_card if preferences is not None else None
-    train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), source.load()
-    if tokenizer.chat_template and has_string_rows(train_rows):
-        # rendered through the chat template, like the prompts the pipeline samples and evaluates
-        train_rows, eval_rows = as_conversations(train_rows), as_conversations(eval_rows)
+    train_rows, eval_rows = as_chat_rows(tokenizer, *preference_pairs(ctx, config))
     keep = ("prompt", "chosen", "rejected")
     train_data = Dataset.from_list([{k: r[k] for k in keep} for r in train_rows])
     eval_data = Dataset.from_list([{k: r[k] for k in keep} for r in eval_rows]) if eval_rows else None
-    reference = None
-    if config.lora is None or config.reference == "copy":
-        # Full fine-tuning: TRL would rebuild the reference from the model's hub name, which for a merged upstream
-        # policy is the wrong model. An explicit frozen copy of the starting weights is the reference.
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    # Full fine-tuning: TRL would rebuild the reference from the model's hub name, which for a merged upstream policy
+    # is the wrong model. An explicit frozen copy of the starting weights is the reference.
+    reference = frozen_copy(model) if config.explicit_reference() else None
     loss_type = config.loss_type if isinstance(config.loss_type, list) else [config.loss_type]
 
     def share_trunk(trainer) -> None:  # after TRL has wrapped the model in LoRA and turned dropout off

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.schema import LoraSettings, MemoryProfile, TrainSettings
-from pipeline.training.pairwise_config import PairwiseStageConfig
+from pipeline.config.schema import LoraSettings, TrainSettings
+from pipeline.training.pairwise_config import FrozenReferencePolicy, PairwiseStageConfig
 
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
-class DPOStageConfig(PairwiseStageConfig):
+class DPOStageConfig(FrozenReferencePolicy, PairwiseStageConfig):
     """The policy starts from the upstream policy; the frozen reference is that same policy: with LoRA, the
     weights with the new adapter disabled (one copy in memory); with full fine-tuning, an explicit frozen copy."""
 
@@ -46,10 +45,6 @@ class DPOStageConfig(PairwiseStageConfig):
     """Also write merged full weights under merged/."""
 
     produces: ClassVar[str] = "policy"
-
-    def writes_merged(self) -> bool:
-        return self.merge
-
     time_fit: ClassVar[tuple[float, float] | None] = (0.41, 2.0)
 
     def work_flops(self, shape, upstream: dict) -> float | None:
@@ -60,11 +55,6 @@ class DPOStageConfig(PairwiseStageConfig):
         step = flops.dpo_training(shape, steps[1], self.max_length, flops.Lora.of(shape, self.lora),
                                   self.precompute_ref_log_probs, self.share_trunk)
         return steps[0] * sum(step.values())
-
-    def memory_profile(self) -> MemoryProfile:
-        # an explicit reference is a second copy of the weights
-        copies = 2.0 if self.lora is None or self.reference == "copy" else 1.0
-        return replace(super().memory_profile(), weight_copies=copies)
 
 
 CONFIG = DPOStageConfig

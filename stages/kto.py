@@ -3,7 +3,6 @@ undesirable completions, against the starting policy frozen as the reference."""
 
 from __future__ import annotations
 
-import copy
 import logging
 
 from datasets import Dataset
@@ -11,9 +10,11 @@ from trl import KTOConfig, KTOTrainer
 
 from pipeline.artifacts.policy import save_policy
 from pipeline.contract import StageContext, StageResult
-from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
+from pipeline.data.loading import as_chat_rows
 from pipeline.data.pairs import unpair
 from pipeline.errors import DataError
+from pipeline.models.loading import frozen_copy
+from pipeline.training.pairwise import preference_pairs
 from pipeline.training.trainer import train_with_trl
 
 from .kto_config import KTOStageConfig
@@ -23,9 +24,7 @@ log = logging.getLogger("pipeline")
 
 def run(ctx: StageContext) -> StageResult:
     config: KTOStageConfig = ctx.config
-    preferences = ctx.upstream_of("preferences")
-    card = preferences.path / preferences.output.data_card if preferences is not None else None
-    pairs_train, pairs_eval = preference_splits(config.data, card, ctx.seed)
+    pairs_train, pairs_eval = preference_pairs(ctx, config)
     (train_rows, unlabelled), (eval_rows, _) = unpair(pairs_train), unpair(pairs_eval)
     desirable = sum(row["label"] for row in train_rows)
     if not desirable or desirable == len(train_rows):
@@ -37,15 +36,11 @@ def run(ctx: StageContext) -> StageResult:
                  len(train_rows) - desirable, unlabelled)
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), source.load()
-    if tokenizer.chat_template and has_string_rows(train_rows):
-        # rendered through the chat template, like the prompts the pipeline samples and evaluates
-        train_rows, eval_rows = as_conversations(train_rows), as_conversations(eval_rows)
+    train_rows, eval_rows = as_chat_rows(tokenizer, train_rows, eval_rows)
     train_data = Dataset.from_list(train_rows)
     eval_data = Dataset.from_list(eval_rows) if eval_rows else None
-    reference = None
-    if config.lora is None or config.reference == "copy":
-        # as in dpo: an explicit frozen copy of the starting weights, never one rebuilt from a hub name
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    # as in dpo: an explicit frozen copy of the starting weights, never one rebuilt from a hub name
+    reference = frozen_copy(model) if config.explicit_reference() else None
     trainer, metrics = train_with_trl(
         ctx, KTOTrainer, KTOConfig, train=config.train, model=model, tokenizer=tokenizer,
         train_dataset=train_data, eval_dataset=eval_data, unit="completions", lora=config.lora,

@@ -3,16 +3,15 @@ frozen reference (TRL's KTOTrainer)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.schema import LoraSettings, MemoryProfile, TrainSettings
-from pipeline.training.pairwise_config import PairwiseStageConfig
+from pipeline.config.schema import LoraSettings, TrainSettings
+from pipeline.training.pairwise_config import FrozenReferencePolicy, PairwiseStageConfig
 
 
-class KTOStageConfig(PairwiseStageConfig):
+class KTOStageConfig(FrozenReferencePolicy, PairwiseStageConfig):
     """Reads the same preference pairs as `dpo` (a preferences stage in `from`, or `data:`) and unpairs them: every
     chosen completion is desirable, every rejected one undesirable, each completion once (a completion chosen in one
     pair and rejected in another has no label and is left out). The reference is the starting policy, frozen: with
@@ -44,9 +43,6 @@ class KTOStageConfig(PairwiseStageConfig):
     produces: ClassVar[str] = "policy"
     time_fit: ClassVar[tuple[float, float] | None] = (0.41, 2.0)  # DPO's (the same passes a token), until measured
 
-    def writes_merged(self) -> bool:
-        return self.merge
-
     def input_problems(self, upstream: set[str]) -> list[str]:
         problems = super().input_problems(upstream)
         if self.train.batch_size < 2:
@@ -70,10 +66,6 @@ class KTOStageConfig(PairwiseStageConfig):
         # both: within a few per cent of a DPO step on as many tokens
         return steps[0] * sum(flops.dpo_training(shape, steps[1], self.max_length,
                                                  flops.Lora.of(shape, self.lora)).values())
-
-    def memory_profile(self) -> MemoryProfile:
-        copies = 2.0 if self.lora is None or self.reference == "copy" else 1.0
-        return replace(super().memory_profile(), weight_copies=copies)
 
 
 CONFIG = KTOStageConfig

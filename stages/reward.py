@@ -12,9 +12,10 @@ from trl import RewardConfig, RewardTrainer
 
 from pipeline.artifacts.policy import base_ref, point_adapter_at
 from pipeline.contract import RewardModelOutput, StageContext, StageResult
-from pipeline.data.loading import as_conversations, has_string_rows, preference_splits
+from pipeline.data.loading import as_chat_rows
 from pipeline.models.loading import load_sequence_classifier, torch_dtype
 from pipeline.models.reward_model import RewardModel
+from pipeline.training.pairwise import preference_pairs
 from pipeline.training.trainer import train_with_trl
 
 from .reward_config import RewardStageConfig
@@ -24,13 +25,9 @@ log = logging.getLogger("pipeline")
 
 def run(ctx: StageContext) -> StageResult:
     config: RewardStageConfig = ctx.config
-    preferences = ctx.upstream_of("preferences")
-    card = preferences.path / preferences.output.data_card if preferences is not None else None
-    train_rows, eval_rows = preference_splits(config.data, card, ctx.seed)
     tokenizer = ctx.policy_source().tokenizer()
-    if tokenizer.chat_template and has_string_rows(train_rows):
-        # scored through the chat template later (pipeline.models.reward_model): train on the same rendering
-        train_rows, eval_rows = as_conversations(train_rows), as_conversations(eval_rows)
+    # scored through the chat template later (pipeline.models.reward_model): train on the same rendering
+    train_rows, eval_rows = as_chat_rows(tokenizer, *preference_pairs(ctx, config))
     keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
     train_rows = [{k: r[k] for k in keep} for r in train_rows]
     eval_rows = [{k: r[k] for k in keep} for r in eval_rows]

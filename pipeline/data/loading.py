@@ -125,5 +125,14 @@ def as_conversations(rows: list[dict]) -> list[dict]:
     return converted
 
 
+def as_chat_rows(tokenizer, *splits: list[dict]) -> tuple[list[dict], ...]:
+    """``splits`` as one-turn conversations (``as_conversations``) where the tokenizer has a chat template and the
+    rows are text, else as they are: the pipeline samples, evaluates and scores text prompts as user messages through
+    the template, and a stage that trains on them renders them the same way."""
+    if tokenizer.chat_template and splits and has_string_rows(splits[0]):
+        return tuple(as_conversations(rows) for rows in splits)
+    return splits
+
+
 def has_string_rows(rows: list[dict]) -> bool:
     return any(isinstance(row.get("prompt"), str) for row in rows)

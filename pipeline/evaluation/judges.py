@@ -117,6 +117,11 @@ REWARD_SCHEME = "reward"
 """``reward:<artifact path>`` (and, in recipes, ``reward:<stage>``): a reward model judges."""
 
 
+def is_reward_judge(spec) -> bool:
+    """Whether a judge spec names a reward model (``reward:...``)."""
+    return str(spec).strip().partition(":")[0] == REWARD_SCHEME
+
+
 def reward_stage(spec: str, stages) -> str | None:
     """The stage of ``stages`` that a "reward:STAGE" judge names, or None (another judge, or a folder)."""
     scheme, _, rest = str(spec).strip().partition(":")
@@ -205,4 +210,4 @@ def rollout_judges(settings) -> list[tuple[str, Judge]]:
         return []
     specs = [("gold", settings.judge)] + [(f"judge/{spec}", spec) for spec in settings.judges]
     return [(key, make_judge(spec)) for key, spec in specs
-            if str(spec).strip().partition(":")[0] != REWARD_SCHEME]
+            if not is_reward_judge(spec)]

@@ -84,3 +84,17 @@ def repeats_itself(text: str) -> bool:
 def repetition_share(texts: list[str]) -> float:
     """Share of ``texts`` that repeat a content word ``REPEAT_MIN_COUNT`` times or more (0.0 for no texts)."""
     return sum(map(repeats_itself, texts)) / len(texts) if texts else 0.0
+
+
+def gold_peak(history: list[dict]) -> dict:
+    """Where along training the gold judge of the rollouts peaked (over-optimisation: the reward model's score can
+    climb on past it): ``gold_first``, ``gold_peak``, ``gold_peak_step`` and, where the step logged its KL,
+    ``kl_at_gold_peak``; empty when no step logged ``gold``."""
+    judged = [row for row in history if isinstance(row.get("gold"), (int, float))]
+    if not judged:
+        return {}
+    peak = max(judged, key=lambda row: row["gold"])
+    found = {"gold_first": judged[0]["gold"], "gold_peak": peak["gold"], "gold_peak_step": peak.get("step")}
+    if isinstance(peak.get("kl"), (int, float)):
+        found["kl_at_gold_peak"] = peak["kl"]
+    return found

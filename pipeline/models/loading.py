@@ -111,6 +111,13 @@ def _load_pretrained(auto_class, what: str, path: str, dtype: str, quantization:
     return model
 
 
+def frozen_copy(model):
+    """An explicit frozen reference: a copy of ``model``'s weights in eval mode, no gradients."""
+    import copy
+
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
 def first_non_finite(model) -> str | None:
     """The name of the first floating-point parameter or buffer holding NaN or inf, or None."""
     import torch

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluation.metrics import gold_peak
 from .online_config import OnlineStageConfig
 
-SUMMARISED = ("reward", "reward_std", "kl", "beta", "entropy", "completions/mean_length", "completions/clipped_ratio",
-              "frac_reward_zero_std", "step_time")
+SUMMARISED = ("reward", "gold", "reward_std", "kl", "beta", "entropy", "completions/mean_length",
+              "completions/clipped_ratio", "frac_reward_zero_std", "step_time")
 """Per-step figures TRL logs that metrics.json summarises as <name>_first, <name>_last and <name>_mean."""
 
 
@@ -44,6 +45,51 @@ def reward_model(ctx):
     # TRL names the reward's log keys after the model's name (rewards/<name>/mean): the stage's, not its folder's
     model.config._name_or_path = upstream.manifest.get("stage", upstream.path.name)
     return model.eval().requires_grad_(False), load_tokenizer(folder)
+
+
+class JudgeReward:
+    """A rollout judge as a TRL reward function: given weight 0 it leaves the policy's reward alone, and TRL scores
+    every step's completions with it and logs their mean as ``rewards/<key>/mean``."""
+
+    def __init__(self, key: str, judge):
+        self.key, self.judge = key, judge
+        self.__name__ = key  # TRL's name for the function in its log keys
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        return [float(s) for s in self.judge.score([_text(p) for p in prompts], [_text(c) for c in completions])]
+
+
+def _text(value) -> str:
+    """A TRL prompt or completion as plain text: a conversation's last message, or the string itself."""
+    return value[-1]["content"] if isinstance(value, list) else value
+
+
+def judge_rewards(ctx, config: OnlineStageConfig) -> list[JudgeReward]:
+    """The recipe's rollout judges (gold and panel) as weight-0 reward functions, when the stage logs them."""
+    from ..evaluation.judges import rollout_judges
+
+    return [JudgeReward(key, judge) for key, judge in rollout_judges(ctx.recipe.evaluate)] \
+        if config.judge_rollouts else []
+
+
+def judge_log_keys(judges: list[JudgeReward]):
+    """A callback that logs each judge's step mean under its own key (``gold``, ``judge/<spec>``), as the ppo stage
+    does, beside TRL's ``rewards/<key>/mean``: in the step's row of the trainer's history and in what the callbacks
+    after it see (the live log). Must come before them."""
+    from transformers import TrainerCallback
+
+    class JudgeLogKeys(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            for judge in judges:
+                value = logs.get(f"rewards/{judge.key}/mean")
+                if value is not None:
+                    logs[judge.key] = value
+                    if state.log_history:
+                        state.log_history[-1][judge.key] = value
+
+    return JudgeLogKeys()
 
 
 def start_policy(ctx, config: OnlineStageConfig):
@@ -136,14 +182,19 @@ def train_online(ctx, config: OnlineStageConfig, config_class, trainer_class, **
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), start_policy(ctx, config)
     scorer, scorer_tokenizer = reward_model(ctx)
+    judges = judge_rewards(ctx, config)
     trainer, metrics = train_with_trl(
         ctx, beta_controlled(trainer_class, config), config_class, train=config.train, model=model, tokenizer=tokenizer,
         train_dataset=train_data, unit="prompts",
         # With LoRA the reference is the same weights with the adapter disabled: one copy in memory.
         lora=config.lora,
-        method_args={**config.sampling_kwargs(), **method_args},
+        method_args={**config.sampling_kwargs(), **method_args,
+                     **({"reward_weights": [1.0] + [0.0] * len(judges)} if judges else {})},
         # The reward model reads prompt + completion through its own tokenizer's chat template, as it was trained.
-        trainer_args={"reward_funcs": [scorer], "reward_processing_classes": [scorer_tokenizer]},
+        trainer_args={"reward_funcs": [scorer, *judges],
+                      "reward_processing_classes": [scorer_tokenizer] + [None] * len(judges)},
+        callbacks=[judge_log_keys(judges)] if judges else [],
     )
     metrics.update(summarise(trainer.state.log_history))
+    metrics.update(gold_peak(trainer.state.log_history))
     return StageResult(save_policy(ctx, trainer, tokenizer, source, merge=config.merge), metrics)

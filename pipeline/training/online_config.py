@@ -63,6 +63,11 @@ class OnlineStageConfig(StageConfig):
     """Clipping range of the importance ratio (as in PPO)."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_completion_length without ending out of the loss (as in DAPO)."""
+    judge_rollouts: bool = True
+    """Score every step's completions with the recipe's gold judge (``evaluate.judge``, logged as ``gold`` beside
+    TRL's ``reward``, the reward model's) and its panel (``judge/<spec>``), as TRL reward functions of weight 0: only
+    logged, never trained on; reward-model judges are left out. With the KL this is the over-optimisation curve
+    (``gold_peak``, ``gold_peak_step`` and ``kl_at_gold_peak`` in metrics.json)."""
     merge: bool = False
     """Also write merged full weights under merged/."""
 

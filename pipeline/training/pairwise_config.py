@@ -1,8 +1,9 @@
-"""The config fields and answers the stages that train on preference pairs (`reward`, `dpo`) share (pydantic only:
-cheap to import)."""
+"""The config fields and answers the stages that train on preference pairs (`reward`, `dpo`, `kto`) share (pydantic
+only: cheap to import)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from ..config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings
@@ -48,3 +49,20 @@ class PairwiseStageConfig(StageConfig):
         # chosen and rejected of each pair go through the model together: twice the micro-batch
         return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
                              self.max_length)
+
+
+class FrozenReferencePolicy:
+    """What a policy stage trained against its starting policy frozen as the reference (`dpo`, `kto`) answers from
+    its ``lora``, ``reference`` and ``merge`` fields. Listed before the config's base class."""
+
+    def explicit_reference(self) -> bool:
+        """Whether the reference is a frozen copy of the starting weights: always with full fine-tuning, and with
+        ``reference: copy`` (else the same weights with the adapter disabled, one copy in memory)."""
+        return self.lora is None or self.reference == "copy"
+
+    def memory_profile(self) -> MemoryProfile:
+        # an explicit reference is a second copy of the weights
+        return replace(super().memory_profile(), weight_copies=2.0 if self.explicit_reference() else 1.0)
+
+    def writes_merged(self) -> bool:
+        return self.merge

@@ -297,10 +297,12 @@ def train_and_measure(ctx, trainer, train_size: int, unit: str, eval_size: int |
 def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, model, tokenizer, train_dataset,
                    unit: str, eval_dataset=None, evaluate_at_end: bool = True, lora: LoraSettings | None = None,
                    lora_task: str = "CAUSAL_LM", modules_to_save: list[str] | None = None,
-                   method_args: dict | None = None, trainer_args: dict | None = None, prepare=None):
+                   method_args: dict | None = None, trainer_args: dict | None = None, prepare=None,
+                   callbacks: list | None = None):
     """The skeleton every TRL-trainer stage shares: TrainingArguments from ``train`` (device-aware), the method's own
-    config fields (``method_args``), LoRA from ``lora`` (None: full fine-tuning), the user's callbacks; then train
-    (resuming from a checkpoint), measure and save the log. ``prepare(trainer)`` runs before training.
+    config fields (``method_args``), LoRA from ``lora`` (None: full fine-tuning), the stage's ``callbacks`` (before
+    the divergence guard, which writes the live log) and the user's; then train (resuming from a checkpoint), measure
+    and save the log. ``prepare(trainer)`` runs before training.
     Returns (trainer, metrics); the stage saves what it produced."""
     args = config_class(**{**trainer_kwargs(train, ctx.work_dir, ctx.seed, has_eval=eval_dataset is not None,
                                            model_dtype=ctx.recipe.model.run_dtype),
@@ -313,7 +315,7 @@ def train_with_trl(ctx, trainer_class, config_class, *, train: TrainSettings, mo
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(lora, lora_task, modules_to_save, model) if lora is not None else None,
-        callbacks=[guard, *load_callbacks(train.callbacks)],
+        callbacks=[*(callbacks or []), guard, *load_callbacks(train.callbacks)],
         **(trainer_args or {}),
     )
     guard.trainer = trainer

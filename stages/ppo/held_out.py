@@ -12,7 +12,7 @@ from pipeline.data.loading import card_prompts
 from pipeline.errors import PipelineError
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.generation import all_gather_objects
-from pipeline.evaluation.judges import REWARD_SCHEME
+from pipeline.evaluation.judges import is_reward_judge
 
 from ..ppo_config import PPOStageConfig
 
@@ -40,7 +40,7 @@ class HeldOutEvaluation:
         if section is None:
             raise PipelineError(f"stage '{ctx.name}': eval_every evaluates on the recipe's evaluate: section (its "
                                 "prompts, judge and sampling), and this recipe has none")
-        if str(section.judge).strip().partition(":")[0] == REWARD_SCHEME:
+        if is_reward_judge(section.judge):
             raise PipelineError(f"stage '{ctx.name}': eval_every scores with the recipe's gold judge, and "
                                 f"'{section.judge}' is a reward model; use a judge that is not the one optimised")
         self.every = config.eval_every

@@ -16,6 +16,7 @@ The arithmetic lives in pipeline/rl/ppo_math.py, where it is tested against hand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from pipeline.data.loading import card_prompts
 from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.evaluation.generation import Completion, generate
 from pipeline.evaluation.judges import rollout_judges
-from pipeline.evaluation.metrics import repeats_itself
+from pipeline.evaluation.metrics import gold_peak, repeats_itself
 from pipeline.models.reward_model import RewardModel, reward_token_ids
 from pipeline.rl import ppo_math
 from pipeline.training.distributed import uncount_accumulation_step, uses_deepspeed
@@ -249,12 +250,10 @@ class PPORun:
         """The reward model's outputs (one, or an ensemble's heads) for each (prompt, response), tokenised exactly
         as the reward stage trained."""
         texts = [c.completion for c in completions]
-        micro = self.config.train.batch_size
-        if self.scorer_model is not None:
-            scorer = RewardModel(self.scorer_model, self.reward_tokenizer, micro)
-            return scorer.head_scores(scorer.token_ids(prompts, texts))
-        with value_model.disable_adapter():
-            scorer = RewardModel(value_model, self.reward_tokenizer, micro)
+        # a separate reward model, or the value model with its adapter off (the reward model's own weights)
+        model = self.scorer_model if self.scorer_model is not None else value_model
+        with contextlib.nullcontext() if self.scorer_model is not None else value_model.disable_adapter():
+            scorer = RewardModel(model, self.reward_tokenizer, self.config.train.batch_size)
             return scorer.head_scores(scorer.token_ids(prompts, texts))
 
     def shape_scores(self, raw: torch.Tensor, completions: list[Completion]) -> torch.Tensor:
@@ -534,10 +533,7 @@ class PPORun:
                 values = [h[key] for h in last if key in h]  # a rolled-back step trained on nothing: no entropy
                 if values:
                     metrics[f"{key}_last"] = sum(values) / len(values)
-            if "gold" in self.history[0]:  # where along training the gold judge peaked (over-optimisation)
-                peak = max(self.history, key=lambda h: h["gold"])
-                metrics.update(gold_first=self.history[0]["gold"], gold_peak=peak["gold"], gold_peak_step=peak["step"],
-                               kl_at_gold_peak=peak["kl"])
+            metrics.update(gold_peak(self.history))
             held_out = [h for h in self.history if "eval_gold" in h]
             if held_out:
                 peak = max(held_out, key=lambda h: h["eval_gold"])

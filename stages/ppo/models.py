@@ -134,12 +134,6 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def frozen_copy(model):
-    import copy
-
-    return copy.deepcopy(model).eval().requires_grad_(False)
-
-
 def make_optimizer(config: PPOStageConfig, parameters: list) -> torch.optim.Optimizer:
     train = config.train
     if train.optim in ("adamw_bnb_8bit", "adamw_8bit"):

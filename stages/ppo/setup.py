@@ -9,12 +9,11 @@ from torch import nn
 
 from pipeline.contract import StageContext
 from pipeline.errors import PipelineError
-from pipeline.models.loading import load_sequence_classifier
+from pipeline.models.loading import frozen_copy, load_sequence_classifier
 from pipeline.training.distributed import fresh_accelerator, on_gpu, uses_deepspeed
 from pipeline.training.trainer import lora_config, precision_flags, tensorboard_dir, tracker_run_name, tracking
 
 from ..ppo_config import PPOStageConfig
-from .models import frozen_copy
 
 
 @dataclass

@@ -221,3 +221,35 @@ def test_beta_control_follows_the_logged_kl_with_the_pi_controller(out, kind):
 def test_beta_control_needs_a_starting_beta():
     with pytest.raises(RecipeError, match="beta_control: beta is 0"):
         load_recipe(ONLINE, ["stages.grpo.beta=0", "stages.grpo.beta_control={target: 0.1}"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_step_logs_the_gold_judge_of_its_completions_and_trains_as_without(upstream, tmp_path, kind):
+    """judge_rollouts: TRL scores each step's completions with the recipe's gold judge (VADER here) as a reward
+    function of weight 0. `gold` is in every logged row, the history's and the live log's, equal to TRL's
+    rewards/gold/mean; metrics.json has its peak; and the policy trains exactly as it does without the judge (a
+    weight other than 0 would change the reward TRL logs and the adapter)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for judged in (True, False):
+        out = copy_artifacts(upstream, tmp_path / f"judged-{judged}", UPSTREAM)
+        recipe = load_recipe(ONLINE, [f"output_dir={out}", *short(kind), f"stages.{kind}.judge_rollouts={judged}"])
+        run_plan(make_plan(recipe, only=[kind]))
+        runs[judged] = out / kind
+    steps, plain = logged(runs[True]), logged(runs[False])
+    assert len(steps) == 4 and all(row["gold"] == row["rewards/gold/mean"] for row in steps), steps
+    assert all(-1.0 <= row["gold"] <= 1.0 for row in steps) and len({row["gold"] for row in steps}) > 1
+    live = [json.loads(line) for line in (runs[True] / "log_history.jsonl").read_text().splitlines()]
+    assert [row["gold"] for row in live if "gold" in row] == [row["gold"] for row in steps]
+    assert all("gold" not in row and "rewards/gold/mean" not in row for row in plain)
+    metrics = json.loads((runs[True] / "metrics.json").read_text())
+    peak = max(steps, key=lambda row: row["gold"])
+    assert (metrics["gold_peak"], metrics["gold_peak_step"]) == (peak["gold"], peak["step"])
+    assert [row["reward"] for row in steps] == pytest.approx([row["reward"] for row in plain], rel=1e-6)
+    weights, judged_files = ([str(path.relative_to(runs[j])) for path in sorted(runs[j].rglob("*.safetensors"))]
+                             for j in (False, True))
+    assert weights and weights == judged_files
+    for name in weights:
+        judged_weights, plain_weights = (load_file(str(runs[j] / name)) for j in (True, False))
+        assert all(torch.allclose(judged_weights[k], plain_weights[k], atol=1e-7) for k in plain_weights), name
