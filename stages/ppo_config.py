@@ -27,8 +27,8 @@ class KLSettings(Strict):
     controller: Literal["proportional", "pi"] = "proportional"
     """How coef follows the target. proportional: Ziegler et al.'s controller (coef moves at most 20% x
     samples/horizon a step: slow, the KL can overshoot the target far). pi: a proportional-integral controller on
-    log coef (gains kp, ki) that holds the KL near the target once it has first reached it (coef stays at its
-    initial value until then)."""
+    log coef (gains kp, ki) that holds the KL near the target once it has first come within 20% below it (coef
+    stays at its initial value until then)."""
     horizon: int = Field(10000, ge=1)
     """proportional controller: horizon, in samples; larger moves coef more slowly."""
     kp: float = Field(1.0, ge=0)

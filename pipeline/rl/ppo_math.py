@@ -206,8 +206,10 @@ class AdaptiveKLController(FixedKLController):
 class PIKLController:
     """A proportional-integral controller on log coef that holds the measured KL at ``target``.
 
-    Warm-up: coef stays at its initial value until the KL first reaches the target (the policy starts at KL 0, and
-    lowering coef on the way up would only make it overshoot). Then, each step,
+    Warm-up: coef stays at its initial value until the KL first comes within ``REACHED`` of the target (the policy
+    starts at KL 0, and lowering coef on the way up would only make it overshoot). Not the target itself: where the
+    starting coef holds the KL a little below the target the controller would never engage (rlhf.yaml's PPO sat at
+    KL 6-9 for 25 steps against a target of 10, its coef never moved). Then, each step,
     error_t = clip(KL_t / target - 1, -1, 1); I_t = clip(I_{t-1} + error_t, -WINDUP, WINDUP);
     coef_t = initial x exp(kp x error_t + ki x I_t). The log keeps coef positive and makes the response to a
     relative error the same at any scale; the integral term removes the steady offset a proportional controller
@@ -225,6 +227,9 @@ class PIKLController:
     value: float = field(init=False)
 
     WINDUP = 20.0
+    REACHED = 0.8
+    """The warm-up ends once the KL is at or above this fraction of the target (within the 20% of it that counts as
+    held)."""
 
     def __post_init__(self):
         self.value = self.initial
@@ -233,7 +238,7 @@ class PIKLController:
         if not math.isfinite(current_kl):
             return
         if not self.reached:  # warm-up: the policy starts at KL 0; lowering coef on the way up only overshoots
-            self.reached = current_kl >= self.target
+            self.reached = current_kl >= self.REACHED * self.target
             if not self.reached:
                 return
         error = min(max(current_kl / self.target - 1, -1.0), 1.0)

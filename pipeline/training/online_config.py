@@ -12,7 +12,8 @@ from ..config.schema import ExistingPath, LoraSettings, MemoryProfile, StageConf
 class BetaControl(Strict):
     """Adapt beta each logged step so the KL TRL logs (`kl`: the mean per-token KL estimate to the reference, k3 in
     GRPO, k1 in RLOO) holds a target, with the PI controller of the ppo stage (pipeline/rl/ppo_math.py): beta stays
-    at its starting value until the KL first reaches the target, then log beta follows the relative error."""
+    at its starting value until the KL first comes within 20% below the target, then log beta follows the relative
+    error."""
 
     target: float = Field(gt=0)
     """Target of the logged `kl`, in nats per completion token (not per completion, as in the ppo stage)."""

@@ -14,7 +14,9 @@ the ac3b51e recording. And once more by the commit that builds the merged base (
 own: in this chain the reward stage builds it, which had drawn from the stream the reward model's new score head is
 then initialised from; the commit before it still matched the previous recording. The ppo-guard variant's steps were
 recorded again when kl.guard stopped refusing moves of a KL already below its band (step 9's rollout, at 2.16
-against the band's 2.5, now keeps all 8 updates); the rest of the recording is unchanged. Timings are left out;
+against the band's 2.5, now keeps all 8 updates), and again when the PI controller's warm-up came to end at 80% of
+the target (step 7's KL of 2.59 against 3.0: the coefficient moves from step 8 on); the rest of the recording is
+unchanged. Timings are left out;
 everything else must match to float tolerance.
 
 The chain runs in a subprocess pinned to the same kernels on every x86 CPU (ATen's default capability, MKL's

@@ -211,13 +211,16 @@ def test_trunk_sharing_turns_itself_off_where_nothing_is_shared(out, caplog):
 def test_pi_controller_holds_the_kl_band_where_the_proportional_one_overshoots(out):
     """Tiny recipe, target 4 nats: with a fixed coefficient the KL climbs to about 10; the proportional controller
     (horizon 500) barely moves the coefficient in 40 steps; the PI controller holds the KL within 20% of the target
-    once it has settled (measured: first crossing at step 8, inside the band from step 18)."""
+    once it has settled (measured: within 20% below the target at step 8, a peak of 8.3 at step 15, then 3.0-5.5
+    from step 17)."""
     settings = ["stages.ppo.train.max_steps=40", "stages.ppo.train.logging_steps=1", "stages.ppo.train.save_steps=100"]
     run_plan(plan_for(out, *settings, "stages.ppo.kl={coef: 0.05, target: 4.0, controller: pi}"))
     steps = history(out / "ppo")
     kl = [s["kl"] for s in steps]
-    reached = next(i for i, value in enumerate(kl) if value >= 4.0)
-    assert all(s["kl_coef"] == 0.05 for s in steps[: reached + 1]), "warm-up: the coefficient waits for the target"
+    reached = next(i for i, value in enumerate(kl) if value >= 0.8 * 4.0)
+    assert all(s["kl_coef"] == 0.05 for s in steps[: reached + 1]), \
+        "warm-up: the coefficient waits for the KL to come within 20% below the target"
+    assert steps[reached + 1]["kl_coef"] != 0.05, "and moves from then on"
     settled = kl[reached + 12:]
     assert len(settled) >= 15
     mean = sum(settled) / len(settled)
