@@ -82,9 +82,12 @@ def frontier_points(out_dir: Path) -> list[dict]:
 
 
 def variant_label(stage: str, config: dict) -> str:
-    """The stage's name with the first two settings of LABEL_KEYS its config has (what tells sweep variants apart)."""
-    settings = [f"{name} {_get(config, key)}" for key, name in LABEL_KEYS if _get(config, key) is not None]
-    return stage + (f" ({', '.join(settings[:2])})" if settings else "")
+    """The stage's name with the first two settings of LABEL_KEYS its config has (what tells sweep variants apart),
+    and its seed where one is set (what tells a variant's seeds apart)."""
+    settings = [f"{name} {_get(config, key)}" for key, name in LABEL_KEYS if _get(config, key) is not None][:2]
+    if config.get("seed") is not None:
+        settings.append(f"seed {config['seed']}")
+    return stage + (f" ({', '.join(settings)})" if settings else "")
 
 
 def overoptimisation_runs(out_dir: Path) -> list[dict]:
