@@ -35,9 +35,10 @@ class ReferenceReusingDPOTrainer(DPOTrainer):
 
 def run(ctx: StageContext) -> StageResult:
     config: DPOStageConfig = ctx.config
+    pairs = preference_pairs(ctx, config)  # read (and checked) before the model is loaded
     source = ctx.policy_source()
     tokenizer, model = source.tokenizer(), source.load()
-    train_rows, eval_rows = as_chat_rows(tokenizer, *preference_pairs(ctx, config))
+    train_rows, eval_rows = as_chat_rows(tokenizer, *pairs)
     keep = ("prompt", "chosen", "rejected")
     train_data = Dataset.from_list([{k: r[k] for k in keep} for r in train_rows])
     eval_data = Dataset.from_list([{k: r[k] for k in keep} for r in eval_rows]) if eval_rows else None

@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.schema import LoraSettings, TrainSettings
-from pipeline.training.pairwise_config import FrozenReferencePolicy, PairwiseStageConfig
+from pipeline.config.schema import FrozenReferencePolicy, LoraSettings, TrainSettings
+from pipeline.training.pairwise_config import PairwiseStageConfig
 
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config.schema import LoraSettings, TrainSettings
-from pipeline.training.pairwise_config import FrozenReferencePolicy, PairwiseStageConfig
+from pipeline.config.schema import FrozenReferencePolicy, LoraSettings, TrainSettings
+from pipeline.training.pairwise_config import PairwiseStageConfig
 
 
 class KTOStageConfig(FrozenReferencePolicy, PairwiseStageConfig):

@@ -7,7 +7,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config.schema import ExistingPath, LoraSettings, MemoryProfile, StageConfig, Strict, TrainSettings
+from pipeline.config.schema import (
+    ExistingPath,
+    FrozenReferencePolicy,
+    LoraSettings,
+    MemoryProfile,
+    StageConfig,
+    Strict,
+    TrainSettings,
+)
 from pipeline.evaluation.settings import SamplingSettings
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit", "sgd")
@@ -70,7 +78,7 @@ class KLSettings(Strict):
         return self
 
 
-class PPOStageConfig(StageConfig):
+class PPOStageConfig(FrozenReferencePolicy, StageConfig):
     """PPO in the style of InstructGPT / Ziegler et al.: the policy samples responses to prompts, the reward model
     scores them, a per-token KL penalty to the frozen reference is subtracted, and clipped PPO updates the policy and
     a value model (initialised from the reward model) on GAE advantages."""
@@ -179,9 +187,6 @@ class PPOStageConfig(StageConfig):
 
     def trained_models(self) -> dict[str, LoraSettings | None]:
         return {"lora": self.lora, "value_lora": self.value_lora}
-
-    def writes_merged(self) -> bool:
-        return self.merge
 
     time_fit: ClassVar[tuple[float, float] | None] = (0.60, 5.0)
 

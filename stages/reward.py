@@ -25,9 +25,10 @@ log = logging.getLogger("pipeline")
 
 def run(ctx: StageContext) -> StageResult:
     config: RewardStageConfig = ctx.config
+    pairs = preference_pairs(ctx, config)
     tokenizer = ctx.policy_source().tokenizer()
     # scored through the chat template later (pipeline.models.reward_model): train on the same rendering
-    train_rows, eval_rows = as_chat_rows(tokenizer, *preference_pairs(ctx, config))
+    train_rows, eval_rows = as_chat_rows(tokenizer, *pairs)
     keep = ("prompt", "chosen", "rejected") + (("margin",) if config.use_margin else ())
     train_rows = [{k: r[k] for k in keep} for r in train_rows]
     eval_rows = [{k: r[k] for k in keep} for r in eval_rows]

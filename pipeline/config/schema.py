@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -364,3 +364,21 @@ def _explicitly_set(model: BaseModel, parts: list[str]) -> bool:
         return True
     child = getattr(model, head)
     return isinstance(child, BaseModel) and _explicitly_set(child, rest)
+
+
+class FrozenReferencePolicy:
+    """What a policy stage trained against its starting policy frozen as the reference (`dpo`, `kto`, `ppo`) answers
+    from its ``lora``, ``reference`` and ``merge`` fields. Listed before the config's base class; a kind whose memory
+    differs otherwise (ppo's value model) defines its own ``memory_profile``."""
+
+    def explicit_reference(self) -> bool:
+        """Whether the reference is a frozen copy of the starting weights: always with full fine-tuning, and with
+        ``reference: copy`` (else the same weights with the adapter disabled, one copy in memory)."""
+        return self.lora is None or self.reference == "copy"
+
+    def memory_profile(self) -> MemoryProfile:
+        # an explicit reference is a second copy of the weights
+        return replace(super().memory_profile(), weight_copies=2.0 if self.explicit_reference() else 1.0)
+
+    def writes_merged(self) -> bool:
+        return self.merge

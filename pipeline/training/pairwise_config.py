@@ -3,7 +3,6 @@ only: cheap to import)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import ClassVar
 
 from ..config.schema import LoraSettings, MemoryProfile, StageConfig, TrainSettings
@@ -50,19 +49,3 @@ class PairwiseStageConfig(StageConfig):
         return MemoryProfile(self.train.model_copy(update={"batch_size": 2 * self.train.batch_size}), self.lora,
                              self.max_length)
 
-
-class FrozenReferencePolicy:
-    """What a policy stage trained against its starting policy frozen as the reference (`dpo`, `kto`) answers from
-    its ``lora``, ``reference`` and ``merge`` fields. Listed before the config's base class."""
-
-    def explicit_reference(self) -> bool:
-        """Whether the reference is a frozen copy of the starting weights: always with full fine-tuning, and with
-        ``reference: copy`` (else the same weights with the adapter disabled, one copy in memory)."""
-        return self.lora is None or self.reference == "copy"
-
-    def memory_profile(self) -> MemoryProfile:
-        # an explicit reference is a second copy of the weights
-        return replace(super().memory_profile(), weight_copies=2.0 if self.explicit_reference() else 1.0)
-
-    def writes_merged(self) -> bool:
-        return self.merge

@@ -28,11 +28,13 @@ import torch
 
 from pipeline.rl import ppo_math
 
+PolicyState = dict[torch.nn.Parameter, tuple[torch.Tensor, dict]]
+"""Each trainable weight of the policy: (its values, its optimizer state)."""
+
 
 @dataclass
 class _Snapshot:
-    weights: list[tuple[torch.nn.Parameter, torch.Tensor, dict]]
-    """(parameter, its values, its optimizer state) for each trainable weight of the policy."""
+    weights: PolicyState
     learning_rates: list[float]
     scheduler: dict
 
@@ -54,9 +56,8 @@ class KLGuard:
         self._snapshot: _Snapshot | None = None
         self.above = 0
         """How many rollouts in a row have measured the KL above the band."""
-        self.in_band: dict[torch.nn.Parameter, tuple[torch.Tensor, dict]] | None = None
-        """The last policy whose rollout measured the KL at or below the band's top: (values, optimizer state) of
-        each trainable weight."""
+        self.in_band: PolicyState | None = None
+        """The last policy whose rollout measured the KL at or below the band's top."""
         self.in_band_kl = 0.0
         """The KL its rollout measured."""
         self.rollbacks = 0
@@ -70,10 +71,7 @@ class KLGuard:
         if rollout_kl <= self.guard * self.target:
             self.above = 0
             if self.rollback_after is not None:
-                state = self.optimizer.state
-                self.in_band = {p: (p.detach().clone(), copy.deepcopy(state.get(p, {})))
-                                for p in self.policy_parameters}
-                self.in_band_kl = rollout_kl
+                self.in_band, self.in_band_kl = self._policy_state(), rollout_kl
             return True
         self.above += 1
         if self.rollback_after is None or self.above < self.rollback_after or self.in_band is None:
@@ -89,10 +87,8 @@ class KLGuard:
 
     def snapshot(self) -> None:
         """Remember the policy as it is before the next optimizer update."""
-        state = self.optimizer.state  # accelerate's wrapper passes the torch optimizer's through
-        self._snapshot = _Snapshot(
-            [(p, p.detach().clone(), copy.deepcopy(state.get(p, {}))) for p in self.policy_parameters],
-            [group["lr"] for group in self.optimizer.param_groups], copy.deepcopy(self.scheduler.state_dict()))
+        self._snapshot = _Snapshot(self._policy_state(), [group["lr"] for group in self.optimizer.param_groups],
+                                   copy.deepcopy(self.scheduler.state_dict()))
 
     def keeps(self, predicted: float) -> bool:
         """Whether the last update, predicted to have carried the KL to ``predicted``, stays; if not it is undone."""
@@ -102,7 +98,11 @@ class KLGuard:
         self._undo()
         return False
 
-    def _restore(self, weights: dict[torch.nn.Parameter, tuple[torch.Tensor, dict]]) -> None:
+    def _policy_state(self) -> PolicyState:
+        state = self.optimizer.state  # accelerate's wrapper passes the torch optimizer's through
+        return {p: (p.detach().clone(), copy.deepcopy(state.get(p, {}))) for p in self.policy_parameters}
+
+    def _restore(self, weights: PolicyState) -> None:
         state = self.optimizer.state
         with torch.no_grad():
             for parameter, (values, saved) in weights.items():
@@ -111,7 +111,7 @@ class KLGuard:
 
     def _undo(self) -> None:
         snapshot = self._snapshot
-        self._restore({parameter: (weights, saved) for parameter, weights, saved in snapshot.weights})
+        self._restore(snapshot.weights)
         # the scheduler's state_dict does not hold the rate it last wrote into the optimizer: restore both
         self.scheduler.load_state_dict(snapshot.scheduler)
         for group, rate in zip(self.optimizer.param_groups, snapshot.learning_rates):

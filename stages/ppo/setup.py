@@ -62,7 +62,7 @@ def load_models(ctx: StageContext, config: PPOStageConfig) -> PPOModels:
     disable_dropout_in_model(policy)
     disable_dropout_in_model(reward)
 
-    reference = frozen_copy(policy) if config.lora is None or config.reference == "copy" else None
+    reference = frozen_copy(policy) if config.explicit_reference() else None
     if config.lora is not None:
         policy = get_peft_model(policy, lora_config(config.lora.model_copy(update={"dropout": 0.0}), model=policy))
     else:
