@@ -205,10 +205,10 @@ class PPOStageConfig(FrozenReferencePolicy, StageConfig):
         return self.train.max_steps * sum(step.values())
 
     def memory_profile(self) -> MemoryProfile:
-        # the reward model's backbone doubles as the value model: a second copy of the weights; full fine-tuning
-        # keeps a frozen reference copy as well
+        # the reward model's backbone doubles as the value model: a second copy of the weights; an explicit
+        # reference (full fine-tuning, or `reference: copy`) is a third
         return MemoryProfile(self.train, self.lora, self.sampling.max_new_tokens + 128,
-                             2.0 if self.lora is not None else 3.0)
+                             3.0 if self.explicit_reference() else 2.0)
 
 
 CONFIG = PPOStageConfig
