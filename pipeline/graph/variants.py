@@ -99,10 +99,27 @@ def distinguishing_settings(rows: list[Variant]) -> dict[Path, str]:
     return shown
 
 
+SEED_FREE_PARTS = ("seed",)
+"""Fingerprint parts that may differ inside a group of seeds: the recipe's seed (the stage's own is in its config)."""
+
+
+def _seed_free(manifest: dict) -> dict:
+    """What must be the same for two runs to differ in their seed alone: every fingerprint part (settings with data
+    files by content, upstream, base model, code, libraries) but the seeds; the settings alone for a manifest
+    written before fingerprint parts were kept."""
+    parts = manifest.get("fingerprint_parts")
+    if not isinstance(parts, dict):
+        parts = {"config": manifest.get("config") or {}}
+    parts = {name: value for name, value in parts.items() if name not in SEED_FREE_PARTS}
+    if isinstance(parts.get("config"), dict):
+        parts["config"] = {key: value for key, value in parts["config"].items() if key != "seed"}
+    return parts
+
+
 def seed_groups(rows: list[Variant]) -> list[dict]:
-    """Evaluations of stage variants that differ in their seed alone (same settings otherwise, same upstream, same
-    evaluation settings), with what each seed's evaluation measured: {evaluation, target, settings, seeds, metrics:
-    {name: [value per seed]}}, groups of two or more."""
+    """Evaluations of stage variants that differ in their seed alone (the same settings, upstream, code and libraries
+    otherwise, and the same evaluation settings), with what each seed's evaluation measured: {evaluation, target,
+    parts, commit, seeds, metrics: {name: [value per seed]}}, groups of two or more."""
     import json
 
     by_fingerprint = {v.fingerprint: v for v in rows}
@@ -117,36 +134,69 @@ def seed_groups(rows: list[Variant]) -> list[dict]:
         evaluated = by_fingerprint.get(fingerprint)
         if evaluated is None:
             continue
-        config = dict(evaluated.artifact.manifest.get("config") or {})
-        config.pop("seed", None)
-        key = json.dumps([evaluation.stage, target, config, evaluated.artifact.manifest.get("inputs", {}).get(
-            "upstream"), evaluation.artifact.manifest.get("config")], sort_keys=True, default=str)
-        group = groups.setdefault(key, {"evaluation": evaluation.stage, "target": target, "config": config,
-                                        "seeds": [], "metrics": {}})
+        parts = _seed_free(evaluated.artifact.manifest)
+        key = json.dumps([evaluation.stage, target, parts, _seed_free(evaluation.artifact.manifest).get("config")],
+                         sort_keys=True, default=str)
+        group = groups.setdefault(key, {"evaluation": evaluation.stage, "target": target, "parts": parts,
+                                        "commit": evaluated.artifact.manifest.get("git_commit"), "seeds": [],
+                                        "metrics": {}})
         group["seeds"].append(evaluated.artifact.manifest.get("seed"))
         for name in ("gold_mean", "kl_mean", "repetition_share"):
             group["metrics"].setdefault(name, []).append(evaluation.artifact.metrics.get(name))
     return [g for g in groups.values() if len(g["seeds"]) >= 2 and len(set(map(str, g["seeds"]))) == len(g["seeds"])]
 
 
+def group_labels(groups: list[dict]) -> list[str]:
+    """For groups of seeds of the same evaluation and target, what tells them apart ("kl.target 6.0", "code at
+    064532a", "upstream reward 5dde39073e8a"); empty for a group alone of its kind."""
+    from .plan import flatten_settings
+
+    labels = [""] * len(groups)
+    for i, group in enumerate(groups):
+        siblings = [g for g in groups if (g["evaluation"], g["target"]) == (group["evaluation"], group["target"])]
+        if len(siblings) < 2:
+            continue
+        differing = [name for name in group["parts"] if any(g["parts"].get(name) != group["parts"][name]
+                                                             for g in siblings)]
+        shown = []
+        for name in differing:
+            if name == "config":
+                flat = [flatten_settings(g["parts"]["config"]) for g in siblings]
+                mine = flatten_settings(group["parts"]["config"])
+                keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
+                shown += [f"{key} {mine.get(key, '(unset)')}" for key in keys[:3]]
+            elif name == "upstream" and isinstance(group["parts"][name], dict):
+                shown += [f"upstream {stage} {fp[:12]}" for stage, fp in group["parts"][name].items()
+                          if any((g["parts"].get(name) or {}).get(stage) != fp for g in siblings)]
+            elif name == "code":
+                shown.append(f"code at {group['commit'][:7]}" if group.get("commit") else "code")
+            else:
+                shown.append(f"{name} differs")
+        labels[i] = ", ".join(shown)
+    return labels
+
+
 def seed_lines(rows: list[Variant]) -> list[str]:
-    """One line per group of seeds (``seed_groups``): the mean of each metric and its 95% interval across seeds."""
+    """One line per group of seeds (``seed_groups``): the mean of each metric and its 95% interval across seeds,
+    with what tells the group from others of the same stage."""
     from ..evaluation.metrics import seed_interval
 
     lines = []
-    for group in seed_groups(rows):
+    groups = seed_groups(rows)
+    for group, label in zip(groups, group_labels(groups)):
         shown = []
-        for name, label in (("gold_mean", "gold"), ("kl_mean", "KL"), ("repetition_share", "repeat")):
+        for name, label_of_metric in (("gold_mean", "gold"), ("kl_mean", "KL"), ("repetition_share", "repeat")):
             values = [v for v in group["metrics"][name] if isinstance(v, (int, float))]
             if len(values) == len(group["seeds"]):
                 mean, (lo, hi) = seed_interval(values)
                 if name == "repetition_share":  # a share: the interval stops at 0 and 1
-                    shown.append(f"{label} {mean:.0%} [{max(lo, 0):.0%}, {min(hi, 1):.0%}]")
+                    shown.append(f"{label_of_metric} {mean:.0%} [{max(lo, 0):.0%}, {min(hi, 1):.0%}]")
                 else:
-                    shown.append(f"{label} {mean:.3f} [{lo:.3f}, {hi:.3f}] (from {min(values):.3f} to "
+                    shown.append(f"{label_of_metric} {mean:.3f} [{lo:.3f}, {hi:.3f}] (from {min(values):.3f} to "
                                  f"{max(values):.3f})")
         seeds = ", ".join(str(s) for s in sorted(group["seeds"], key=str))
-        lines.append(f"{group['evaluation']} of {group['target']} at {len(group['seeds'])} seeds ({seeds}): "
+        which = f" ({label})" if label else ""
+        lines.append(f"{group['evaluation']} of {group['target']}{which} at {len(group['seeds'])} seeds ({seeds}): "
                      + "; ".join(shown))
     return lines
 
