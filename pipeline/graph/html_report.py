@@ -69,7 +69,7 @@ def frontier_points(out_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         target = artifact.output.target
-        kind, label = "base model", "base"
+        kind, label, evaluated = "base model", "base", None
         if target != "base":
             upstream_fp = ((artifact.manifest.get("inputs") or {}).get("upstream") or {}).get(target, "")
             evaluated = Artifact.read(store / f"{target}-{upstream_fp[:12]}")
@@ -77,8 +77,30 @@ def frontier_points(out_dir: Path) -> list[dict]:
             label = variant_label(target, evaluated.manifest.get("config", {}) if evaluated is not None else {})
         points.append({"target": target, "kind": kind, "label": label, "kl": data["kl_mean"],
                        "gold": data["gold_mean"], "ci": data["gold_ci95"], "judge": data.get("judge"),
-                       "repetition": data.get("repetition_share"), "evaluation": folder.name})
-    return points
+                       "repetition": data.get("repetition_share"), "evaluation": folder.name,
+                       "commit": (evaluated or artifact).manifest.get("git_commit"),
+                       "variant": (evaluated or artifact).fingerprint[:8]})
+    return tell_apart(points)
+
+
+def tell_apart(items: list[dict]) -> list[dict]:
+    """Items (frontier points, training runs) whose labels collide are told apart by the commit of their code where
+    that differs ("ppo (KL target 10.0, code at 64532ad)": the same settings run by two versions of a stage), and
+    else by their variant's fingerprint."""
+    for extra in (lambda item: f"code at {item['commit'][:7]}" if item.get("commit") else None,
+                  lambda item: f"variant {item['variant']}"):
+        by_label: dict[str, list[dict]] = {}
+        for item in items:
+            by_label.setdefault(item["label"], []).append(item)
+        for same in by_label.values():
+            added = [extra(item) for item in same]
+            if len(same) < 2 or len(set(added)) < 2:
+                continue
+            for item, text in zip(same, added):
+                if text:
+                    label = item["label"]
+                    item["label"] = f"{label[:-1]}, {text})" if label.endswith(")") else f"{label} ({text})"
+    return items
 
 
 def variant_label(stage: str, config: dict) -> str:
@@ -108,8 +130,9 @@ def overoptimisation_runs(out_dir: Path) -> list[dict]:
         peak = max(steps, key=lambda row: row[3])
         runs.append({"label": variant_label(artifact.manifest.get("stage", folder.name),
                                             artifact.manifest.get("config") or {}),
-                     "folder": folder.name, "steps": steps, "peak": peak})
-    return runs
+                     "folder": folder.name, "steps": steps, "peak": peak,
+                     "commit": artifact.manifest.get("git_commit"), "variant": artifact.fingerprint[:8]})
+    return tell_apart(runs)
 
 
 def overoptimisation_png(runs: list[dict]) -> bytes:
