@@ -14,9 +14,9 @@ from pathlib import Path
 from ..artifacts.artifact import LOG_HISTORY, Artifact
 from ..artifacts.outputs import EvaluationOutput
 from ..training.trainer import LIVE_LOG
-from .plan import STORE, Plan
+from .plan import STORE, Plan, flatten_settings
 from .report import report_rows, share_text, shown_folder
-from .variants import seed_lines, variants
+from .variants import seed_free_parts, seed_lines, variants
 
 CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "gold", "kl", "kl_predicted",
           "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
@@ -78,23 +78,35 @@ def frontier_points(out_dir: Path) -> list[dict]:
         points.append({"target": target, "kind": kind, "label": label, "kl": data["kl_mean"],
                        "gold": data["gold_mean"], "ci": data["gold_ci95"], "judge": data.get("judge"),
                        "repetition": data.get("repetition_share"), "evaluation": folder.name,
-                       "commit": (evaluated or artifact).manifest.get("git_commit"),
-                       "variant": (evaluated or artifact).fingerprint[:8]})
+                       **_identity(evaluated or artifact)})
     return tell_apart(points)
 
 
+def _identity(artifact: Artifact) -> dict:
+    """What ``tell_apart`` may name of the variant an item shows: its settings (files by content, seeds left out: the
+    label has the seed), its code's commit, its fingerprint."""
+    config = seed_free_parts(artifact.manifest).get("config")
+    return {"settings": flatten_settings(config) if isinstance(config, dict) else {},
+            "commit": artifact.manifest.get("git_commit"), "variant": artifact.fingerprint[:8]}
+
+
 def tell_apart(items: list[dict]) -> list[dict]:
-    """Items (frontier points, training runs) whose labels collide are told apart by the commit of their code where
-    that differs ("ppo (KL target 10.0, code at 64532ad)": the same settings run by two versions of a stage), and
-    else by their variant's fingerprint."""
-    for extra in (lambda item: f"code at {item['commit'][:7]}" if item.get("commit") else None,
-                  lambda item: f"variant {item['variant']}"):
+    """Items (frontier points, training runs) whose labels collide are told apart by the settings that differ among
+    them (with data files by content), else by the commit of their code ("ppo (KL target 10.0, code at 64532ad)": the
+    same settings run by two versions of a stage), else by their variant's fingerprint."""
+    def settings(item: dict, same: list[dict]) -> str | None:
+        keys = sorted({key for other in same for key in other.get("settings", {})
+                       if len({repr(o.get("settings", {}).get(key)) for o in same}) > 1})
+        return ", ".join(f"{key} {item.get('settings', {}).get(key, '(unset)')}" for key in keys[:2]) or None
+
+    for extra in (settings, lambda item, same: f"code at {item['commit'][:7]}" if item.get("commit") else None,
+                  lambda item, same: f"variant {item['variant']}"):
         by_label: dict[str, list[dict]] = {}
         for item in items:
             by_label.setdefault(item["label"], []).append(item)
         for same in by_label.values():
-            added = [extra(item) for item in same]
-            if len(same) < 2 or len(set(added)) < 2:
+            added = [extra(item, same) for item in same] if len(same) > 1 else []
+            if len(set(added)) < 2:
                 continue
             for item, text in zip(same, added):
                 if text:
@@ -131,7 +143,7 @@ def overoptimisation_runs(out_dir: Path) -> list[dict]:
         runs.append({"label": variant_label(artifact.manifest.get("stage", folder.name),
                                             artifact.manifest.get("config") or {}),
                      "folder": folder.name, "steps": steps, "peak": peak,
-                     "commit": artifact.manifest.get("git_commit"), "variant": artifact.fingerprint[:8]})
+                     **_identity(artifact)})
     return tell_apart(runs)
 
 

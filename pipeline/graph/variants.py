@@ -103,7 +103,7 @@ SEED_FREE_PARTS = ("seed",)
 """Fingerprint parts that may differ inside a group of seeds: the recipe's seed (the stage's own is in its config)."""
 
 
-def _seed_free(manifest: dict) -> dict:
+def seed_free_parts(manifest: dict) -> dict:
     """What must be the same for two runs to differ in their seed alone: every fingerprint part (settings with data
     files by content, upstream, base model, code, libraries) but the seeds; the settings alone for a manifest
     written before fingerprint parts were kept."""
@@ -134,8 +134,8 @@ def seed_groups(rows: list[Variant]) -> list[dict]:
         evaluated = by_fingerprint.get(fingerprint)
         if evaluated is None:
             continue
-        parts = _seed_free(evaluated.artifact.manifest)
-        key = json.dumps([evaluation.stage, target, parts, _seed_free(evaluation.artifact.manifest).get("config")],
+        parts = seed_free_parts(evaluated.artifact.manifest)
+        key = json.dumps([evaluation.stage, target, parts, seed_free_parts(evaluation.artifact.manifest).get("config")],
                          sort_keys=True, default=str)
         group = groups.setdefault(key, {"evaluation": evaluation.stage, "target": target, "parts": parts,
                                         "commit": evaluated.artifact.manifest.get("git_commit"), "seeds": [],

@@ -14,16 +14,22 @@ def test_a_label_names_two_settings_and_the_seed():
     assert variant_label("sft", {}) == "sft"
 
 
-def test_colliding_labels_are_told_apart_by_code_then_by_variant():
+def test_colliding_labels_are_told_apart_by_settings_then_code_then_variant():
     from pipeline.graph.html_report import tell_apart
 
+    def item(label, settings, commit, variant):
+        return {"label": label, "settings": settings, "commit": commit, "variant": variant}
+
+    ppo = {"kl.target": 10.0, "ensemble_penalty": 0.0}
     items = tell_apart([
-        {"label": "ppo (KL target 10.0)", "commit": "080317a46", "variant": "f6dbe3b6"},
-        {"label": "ppo (KL target 10.0)", "commit": "64532ade4", "variant": "2ed917ee"},
-        {"label": "ppo (KL target 10.0, seed 43)", "commit": "64532ade4", "variant": "e1dafe78"},
-        {"label": "dpo", "commit": "64532ade4", "variant": "0f1ed359"},
-        {"label": "dpo", "commit": "64532ade4", "variant": "7f09f2bc"},
-        {"label": "sft", "commit": None, "variant": "e132b6de"}])
-    assert [item["label"] for item in items] == [
-        "ppo (KL target 10.0, code at 080317a)", "ppo (KL target 10.0, code at 64532ad)",
+        item("ppo (KL target 10.0)", ppo, "080317a46", "f6dbe3b6"),
+        item("ppo (KL target 10.0)", ppo, "64532ade4", "2ed917ee"),
+        item("ppo (KL target 10.0)", {**ppo, "ensemble_penalty": 1.0}, "64532ade4", "20d0d4ee"),
+        item("ppo (KL target 10.0, seed 43)", ppo, "64532ade4", "e1dafe78"),
+        item("dpo", {}, "64532ade4", "0f1ed359"), item("dpo", {}, "64532ade4", "7f09f2bc"),
+        item("sft", {}, None, "e132b6de")])
+    assert [i["label"] for i in items] == [
+        "ppo (KL target 10.0, ensemble_penalty 0.0, code at 080317a)",
+        "ppo (KL target 10.0, ensemble_penalty 0.0, code at 64532ad)",
+        "ppo (KL target 10.0, ensemble_penalty 1.0)",
         "ppo (KL target 10.0, seed 43)", "dpo (variant 0f1ed359)", "dpo (variant 7f09f2bc)", "sft"]
