@@ -7,16 +7,16 @@ import shutil
 
 import pytest
 
-from support import ACCELERATE, CHAT_ROWS, copy_artifacts, launcher, run_cli, sft_stage, write_jsonl
+from support import CHAT_ROWS, copy_artifacts, launcher, run_cli, sft_stage, write_jsonl
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_model(make_recipe, tmp_path, monkeypatch):
-    assert shutil.which(ACCELERATE[0]), "accelerate is installed with the project"
+    assert shutil.which(launcher()[0]), "accelerate is installed with the project"
     data = write_jsonl(tmp_path / "chat8.jsonl", CHAT_ROWS * 2)  # 8 rows
     path = make_recipe({"sft": sft_stage(data, steps=4, train={"batch_size": 2, "save_steps": 100})})
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    result = run_cli("run", str(path), launcher=ACCELERATE)
+    result = run_cli("run", str(path), launcher=launcher())
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
     metrics = json.loads((tmp_path / "out" / "sft" / "metrics.json").read_text())
@@ -37,7 +37,7 @@ CHAIN_CUTS = ["--set", "evaluate.n=8", "--set", "stages.sft.train.max_steps=6", 
 def test_every_stage_runs_unchanged_on_two_processes(tmp_path, monkeypatch, config, distributed):
     """sft, preferences, reward, dpo, ppo (tiny.yaml) and grpo, rloo (online.yaml), unchanged, with 2 CPU processes
     under DDP, DeepSpeed ZeRO-2 and ZeRO-3, each policy followed by the gold evaluation."""
-    command = launcher(config, 29535)
+    command = launcher(config)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
     result = run_cli("run", "recipes/tiny.yaml", "--set", f"output_dir={out}", *CHAIN_CUTS, launcher=command,
@@ -73,7 +73,7 @@ def test_sampling_shared_by_two_processes_gives_what_one_process_gives(tmp_path,
     single = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(one), *only, *cuts, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     shared = run_cli("run", "recipes/tiny.yaml", "--output-dir", str(two), *only, *cuts,
-                     launcher=launcher("cpu_2proc.yaml", 29545), timeout=600)
+                     launcher=launcher("cpu_2proc.yaml"), timeout=600)
     assert shared.returncode == 0, shared.stderr[-3000:]
     assert "sampling shared by 2 processes" in shared.stderr
     for node in ("eval-base", "eval-sft"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import ACCELERATE, copy_artifacts, launcher, run_cli
+from support import copy_artifacts, launcher, run_cli
 from support.upstream import TINY, UPSTREAM
 
 
@@ -23,7 +23,7 @@ def test_two_cpu_processes_run_one_data_parallel_ppo(out, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = run_cli("run", str(TINY), "--only", "ppo", "--set", f"output_dir={out}", "--set", "evaluate=null",
                      "--set", "stages.ppo.train.max_steps=3", "--set", "stages.ppo.rollout_batch_size=16",
-                     launcher=ACCELERATE)
+                     launcher=launcher())
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "ppo" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["rollout_prompts_per_step"] == 32
@@ -38,7 +38,7 @@ def test_ppo_under_deepspeed_zero_on_two_cpu_processes(out, monkeypatch, config)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = run_cli("run", str(TINY), "--only", "ppo", "--set", f"output_dir={out}", "--set", "evaluate=null",
                      "--set", "stages.ppo.train.max_steps=3", "--set", "stages.ppo.rollout_batch_size=16",
-                     launcher=launcher(config, 29541), timeout=600)
+                     launcher=launcher(config), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "ppo" / "metrics.json").read_text())
     assert metrics["distributed_type"] == "DEEPSPEED" and metrics["world_size"] == 2

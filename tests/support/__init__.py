@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,17 +24,18 @@ CHAT_ROWS = [
     {"messages": [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "hello"}]},
 ]
 
-ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-              str(ROOT / "launch" / "cpu_2proc.yaml"), "--main_process_port", "29533", "-m"]
-"""``accelerate launch`` with 2 CPU processes (gloo DDP); swap the config file for ZeRO-2/3."""
+def free_port() -> int:
+    """A TCP port nothing listens on now: two suites at once (or a run left behind) on fixed ports joined each
+    other's process group and waited for ranks that never came, until the test's timeout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-def launcher(config: str, port: int) -> list[str]:
-    """ACCELERATE with another launch config and port."""
-    command = list(ACCELERATE)
-    command[command.index("--config_file") + 1] = str(ROOT / "launch" / config)
-    command[command.index("--main_process_port") + 1] = str(port)
-    return command
+def launcher(config: str = "cpu_2proc.yaml") -> list[str]:
+    """``accelerate launch`` with 2 CPU processes (gloo DDP; another launch config for ZeRO-2/3) on a free port."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / config),
+            "--main_process_port", str(free_port()), "-m"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
