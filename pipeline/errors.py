@@ -66,6 +66,13 @@ class TrainingDiverged(PipelineError):
     """A loss, gradient or weight became NaN or inf: the stage fails at that step and nothing is committed."""
 
 
+class MachineError(PipelineError):
+    """Something on this machine, outside the recipe, stops a run before it starts (the message names the file and
+    what to do)."""
+
+    exit_code = 2
+
+
 class StorageError(PipelineError):
     """Writing a file failed: no space left, no permission, a read-only or failing disk (the message says which)."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import MachineError
+
 
 def on_gpu() -> bool:
     import torch
@@ -18,19 +20,49 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+STALE_BUILD_LOCK_S = 600
+"""Age past which a build lock of torch's extension cache is a dead build's: compiling an op takes about a minute."""
+
+
+def extensions_cache() -> Path:
+    """Where torch (for DeepSpeed) compiles and caches C++ ops."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+
+
+def uses_deepspeed_launch() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def refuse_stale_build_locks() -> None:
+    """DeepSpeed compiles its ops under a lock file that torch removes when the build ends; a build killed midway
+    leaves it, and every later DeepSpeed run then waits on it without a word, forever. Refuse to start instead."""
+    import time
+
+    if not uses_deepspeed_launch():
+        return
+    now = time.time()
+    for lock in sorted(extensions_cache().glob("*/*/lock")):
+        age = now - lock.stat().st_mtime
+        if age > STALE_BUILD_LOCK_S:
+            raise MachineError(f"{lock}: a DeepSpeed op build that stopped {age / 60:.0f} min ago left this lock, and "
+                               "DeepSpeed would wait on it forever; delete it (no build takes that long) and run again")
+
+
 def distributed_state():
     """accelerate's process state, created the way transformers' Trainer would create it for these settings.
 
     The state is a process-wide singleton: whoever creates it first fixes the backend, so the runner creates it
-    here, before any trainer, with gloo on CPU (the only backend that works there).
+    here, before any trainer, with gloo on CPU (the only backend that works there). DeepSpeed's communication layer,
+    started here, compiles its op the first time: a dead build's lock is refused first.
     """
     from accelerate import PartialState
 
+    refuse_stale_build_locks()
     cpu = not on_gpu()
     if cpu:  # what DeepSpeed would pick anyway, without its "unable to detect" notice on stdout
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     state = PartialState(cpu=cpu, backend="gloo" if cpu and world_size() > 1 else None)
-    if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if cpu and uses_deepspeed_launch():
         # accelerate only starts DeepSpeed's communication layer off the CPU; DeepSpeed code that runs before an
         # engine exists (ZeRO-3's zero.Init, used by TRL to load reference models) would otherwise see one process.
         import deepspeed.comm as ds_comm
@@ -65,9 +97,9 @@ def forget_deepspeed_config() -> None:
 def announce_deepspeed_build(log) -> None:
     """DeepSpeed compiles its CPU communication op the first time it runs on a machine (about 45 s on 2 cores, then
     cached); say so instead of appearing to hang."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or on_gpu():
+    if not uses_deepspeed_launch() or on_gpu():
         return
-    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    cache = extensions_cache()
     if not any(cache.glob("*/deepspeed_shm_comm*")):
         log.warning("DeepSpeed will now compile its CPU communication op (about a minute, once per machine; cached "
                     "in %s)", cache)
@@ -89,8 +121,7 @@ def fresh_accelerator(**kwargs):
     # stopped by an exception) stays registered there, and its end_of_dataloader would make every micro-batch of
     # this loop an optimizer step.
     GradientState._reset_state()
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    return Accelerator(cpu=not on_gpu() and not deepspeed, **kwargs)
+    return Accelerator(cpu=not on_gpu() and not uses_deepspeed_launch(), **kwargs)
 
 
 def uses_deepspeed(accelerator) -> bool:
