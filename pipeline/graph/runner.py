@@ -41,8 +41,14 @@ def run_plan(plan: Plan, keep_checkpoints: bool = False, siblings: list[Plan] = 
     The main process holds the output folder's lock for the whole run (a second run into it refuses at once) and
     clears what dead runs left behind before anything else; the checkpoints of the ``siblings`` (the other variants
     of a sweep) are kept, so a sweep killed in any variant resumes it."""
-    from ..training.distributed import announce_deepspeed_build, distributed_state, forget_deepspeed_config
+    from ..training.distributed import (
+        announce_deepspeed_build,
+        distributed_state,
+        forget_deepspeed_config,
+        refuse_stale_build_locks,
+    )
 
+    refuse_stale_build_locks()  # once, before the first distributed_state() starts DeepSpeed's comm layer
     state = distributed_state()
     lock = OutputLock(plan.out_dir) if state.is_main_process else None
     if lock is not None:

@@ -53,11 +53,10 @@ def distributed_state():
 
     The state is a process-wide singleton: whoever creates it first fixes the backend, so the runner creates it
     here, before any trainer, with gloo on CPU (the only backend that works there). DeepSpeed's communication layer,
-    started here, compiles its op the first time: a dead build's lock is refused first.
+    started here, compiles its op the first time (the runner refuses a dead build's lock before the first call).
     """
     from accelerate import PartialState
 
-    refuse_stale_build_locks()
     cpu = not on_gpu()
     if cpu:  # what DeepSpeed would pick anyway, without its "unable to detect" notice on stdout
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
