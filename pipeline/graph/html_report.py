@@ -16,7 +16,7 @@ from ..artifacts.outputs import EvaluationOutput
 from ..training.trainer import LIVE_LOG
 from .plan import STORE, Plan, flatten_settings
 from .report import report_rows, share_text, shown_folder
-from .variants import seed_free_parts, seed_lines, variants
+from .variants import differing_keys, seed_free_parts, seed_lines, variants
 
 CURVES = ("loss", "rewards/margins", "rewards/accuracies", "accuracy", "score", "gold", "kl", "kl_predicted",
           "kl_coef", "beta", "updates", "entropy", "clipfrac", "vf_loss", "reward", "reward_std", "pg_loss",
@@ -95,8 +95,7 @@ def tell_apart(items: list[dict]) -> list[dict]:
     them (with data files by content), else by the commit of their code ("ppo (KL target 10.0, code at 64532ad)": the
     same settings run by two versions of a stage), else by their variant's fingerprint."""
     def settings(item: dict, same: list[dict]) -> str | None:
-        keys = sorted({key for other in same for key in other.get("settings", {})
-                       if len({repr(o.get("settings", {}).get(key)) for o in same}) > 1})
+        keys = differing_keys([other.get("settings", {}) for other in same])
         return ", ".join(f"{key} {item.get('settings', {}).get(key, '(unset)')}" for key in keys[:2]) or None
 
     for extra in (settings, lambda item, same: f"code at {item['commit'][:7]}" if item.get("commit") else None,

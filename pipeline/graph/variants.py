@@ -12,7 +12,7 @@ from pathlib import Path
 from ..artifacts.artifact import Artifact
 from ..artifacts.outputs import EvaluationOutput
 from ..contract.context import BASES
-from .plan import STORE, Plan, why_changed
+from .plan import STORE, Plan, flatten_settings, why_changed
 
 SHOWN_METRICS = (("gold_mean", "gold"), ("kl_mean", "KL"), ("repetition_share", "repeat"),
                  ("eval_accuracy", "held-out acc"), ("eval_rewards/accuracies", "held-out acc"),
@@ -78,18 +78,22 @@ def metrics_text(metrics: dict) -> str:
     return ", ".join(shown) or "-"
 
 
+def differing_keys(flat_settings: list[dict]) -> list[str]:
+    """The keys, sorted, whose values are not the same across these flattened settings (a key one lacks differs)."""
+    return sorted({key for flat in flat_settings for key in flat
+                   if len({repr(other.get(key)) for other in flat_settings}) > 1})
+
+
 def distinguishing_settings(rows: list[Variant]) -> dict[Path, str]:
     """For each stage with several variants, the settings that tell them apart ("beta 0.3"); for a variant whose
     settings are its siblings' (an evaluation of another upstream variant), the upstream variants it was made from."""
-    from .plan import flatten_settings
-
     shown: dict[Path, str] = {}
     for stage in {v.stage for v in rows}:
         mine = [v for v in rows if v.stage == stage]
         if len(mine) < 2:
             continue
         flat = {v.folder: flatten_settings(v.artifact.manifest.get("config") or {}) for v in mine}
-        keys = sorted({k for f in flat.values() for k in f if len({repr(g.get(k)) for g in flat.values()}) > 1})
+        keys = differing_keys(list(flat.values()))
         for v in mine:
             parts = [f"{key} {flat[v.folder].get(key, '(unset)')}" for key in keys[:3]]
             if not parts:
@@ -149,8 +153,6 @@ def seed_groups(rows: list[Variant]) -> list[dict]:
 def group_labels(groups: list[dict]) -> list[str]:
     """For groups of seeds of the same evaluation and target, what tells them apart ("kl.target 6.0", "code at
     064532a", "upstream reward 5dde39073e8a"); empty for a group alone of its kind."""
-    from .plan import flatten_settings
-
     labels = [""] * len(groups)
     for i, group in enumerate(groups):
         siblings = [g for g in groups if (g["evaluation"], g["target"]) == (group["evaluation"], group["target"])]
@@ -161,9 +163,8 @@ def group_labels(groups: list[dict]) -> list[str]:
         shown = []
         for name in differing:
             if name == "config":
-                flat = [flatten_settings(g["parts"]["config"]) for g in siblings]
                 mine = flatten_settings(group["parts"]["config"])
-                keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
+                keys = differing_keys([flatten_settings(g["parts"]["config"]) for g in siblings])
                 shown += [f"{key} {mine.get(key, '(unset)')}" for key in keys[:3]]
             elif name == "upstream" and isinstance(group["parts"][name], dict):
                 shown += [f"upstream {stage} {fp[:12]}" for stage, fp in group["parts"][name].items()
